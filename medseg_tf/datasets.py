@@ -1,0 +1,409 @@
+"""Medical Segmentation Decathlon (MSD) folders: read, validate, write (no TensorFlow).
+
+The MSD layout is the one on-disk format of the course::
+
+    Task04_Hippocampus/
+        dataset.json        # name, modality, labels, training list
+        imagesTr/hippocampus_001.nii.gz
+        labelsTr/hippocampus_001.nii.gz
+        imagesTs/...        # optional, images without labels
+
+:class:`MSDDataset` lists the cases from ``dataset.json`` and loads a volume
+only when asked; every load is validated (shape, affine, finite intensities,
+declared label values) and a problem raises :class:`~medseg_tf.errors.DataError`
+naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medseg_tf import settings
+from medseg_tf.errors import DataError, OverwriteError
+from medseg_tf.io import Volume, load_nifti, reorient_to_ras, save_nifti
+
+__all__ = ["Case", "MSDDataset", "write_msd_dataset", "check_dataset", "course_dataset",
+           "split_cases"]
+
+#: Maximum difference between image and label affines still counted as equal (mm).
+AFFINE_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case of an MSD folder.
+
+    Attributes
+    ----------
+    case_id : str
+        File name without ``.nii.gz`` (e.g. ``"hippocampus_004"``).
+    image_path : Path
+    label_path : Path or None
+        None for test images (``imagesTs``).
+    """
+
+    case_id: str
+    image_path: Path
+    label_path: Path | None
+
+
+def _case_id(path: str | Path) -> str:
+    name = Path(path).name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(path, "dataset.json not found: an MSD folder needs dataset.json, "
+                              "imagesTr/ and labelsTr/")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except UnicodeDecodeError:
+        raise DataError(path, "not a UTF-8 text file") from None
+    if not isinstance(meta, dict):
+        raise DataError(path, "expected a JSON object at the top level")
+    return meta
+
+
+class MSDDataset:
+    """An MSD-layout folder, read lazily.
+
+    Parameters
+    ----------
+    root : str or PathLike
+        Folder holding ``dataset.json``.
+
+    Attributes
+    ----------
+    root : Path
+    name : str
+    labels : dict[int, str]
+        Label value -> name, from ``dataset.json`` (0 is background).
+    modality : dict[int, str]
+    cases : list[Case]
+        Training cases (with labels), in ``dataset.json`` order.
+    test_cases : list[Case]
+        Entries of ``"test"`` (images only).
+
+    Raises
+    ------
+    DataError
+        If ``dataset.json`` is missing or malformed, declares no labels, or
+        lists no training case.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise DataError(self.root, "data set folder not found")
+        json_path = self.root / "dataset.json"
+        meta = _read_json(json_path)
+        self.meta = meta
+        self.name = str(meta.get("name", self.root.name))
+        try:
+            self.labels = {int(k): str(v) for k, v in dict(meta["labels"]).items()}
+            self.modality = {int(k): str(v) for k, v in dict(meta.get("modality", {"0": "unknown"})).items()}
+        except KeyError:
+            raise DataError(json_path, "no 'labels' entry (expected e.g. {\"0\": \"background\", ...})") from None
+        except (TypeError, ValueError, AttributeError):
+            raise DataError(json_path, "'labels' and 'modality' must map integer strings to names") from None
+        if 0 not in self.labels:
+            raise DataError(json_path, "'labels' must declare 0 (background)")
+        if sorted(self.labels) != list(range(len(self.labels))):
+            raise DataError(json_path, f"label values must be 0..K-1, got {sorted(self.labels)}")
+        training = meta.get("training")
+        if not isinstance(training, list):
+            raise DataError(json_path, "'training' must be a list of {\"image\": ..., \"label\": ...}")
+        self.cases = []
+        for i, entry in enumerate(training):
+            if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+                raise DataError(json_path, f"training entry {i} must have 'image' and 'label'")
+            self.cases.append(Case(_case_id(entry["image"]), self._resolve(entry["image"]),
+                                   self._resolve(entry["label"])))
+        if not self.cases:
+            raise DataError(json_path, "the data set lists no training case")
+        self.test_cases = [Case(_case_id(p), self._resolve(p), None)
+                           for p in meta.get("test", []) if isinstance(p, str)]
+
+    def _resolve(self, rel: str) -> Path:
+        return (self.root / rel).resolve() if not Path(rel).is_absolute() else Path(rel)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __repr__(self) -> str:
+        return f"MSDDataset({str(self.root)!r}, name={self.name!r}, cases={len(self)}, labels={self.labels})"
+
+    @property
+    def case_ids(self) -> list[str]:
+        """Case identifiers in order."""
+        return [c.case_id for c in self.cases]
+
+    @property
+    def class_names(self) -> list[str]:
+        """Names of labels ``0..K-1``."""
+        return [self.labels[k] for k in sorted(self.labels)]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of label values, background included."""
+        return len(self.labels)
+
+    def case(self, key: int | str) -> Case:
+        """The :class:`Case` at index ``key`` or with id ``key``."""
+        if isinstance(key, (int, np.integer)):
+            return self.cases[int(key)]
+        for c in self.cases:
+            if c.case_id == key:
+                return c
+        raise KeyError(f"no case {key!r} in {self.root}")
+
+    def load_case(self, key: int | str, *, ras: bool = True) -> tuple[Volume, Volume]:
+        """Load and validate one case.
+
+        Parameters
+        ----------
+        key : int or str
+            Index or case id.
+        ras : bool
+            Reorient both volumes to RAS (default True).
+
+        Returns
+        -------
+        image : Volume
+            float32 data, shape ``(X, Y, Z)`` (single-modality) or ``(X, Y, Z, M)``.
+        label : Volume
+            uint8 data, shape ``(X, Y, Z)``.
+
+        Raises
+        ------
+        DataError
+            Naming the file: missing, corrupt, not 3D, NaN/Inf intensities,
+            image/label shape or affine mismatch, undeclared label values.
+        """
+        c = self.case(key)
+        image = load_nifti(c.image_path)
+        label = load_nifti(c.label_path)
+        validate_pair(image, label, allowed_labels=set(self.labels))
+        image.data = image.data.astype(np.float32, copy=False)
+        label.data = np.rint(label.data).astype(np.uint8)
+        if ras:
+            image, label = reorient_to_ras(image), reorient_to_ras(label)
+        return image, label
+
+    def load_arrays(self, key: int | str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+        """Image (float32, ``(X, Y, Z)``), label (uint8, same shape) in RAS and spacing (mm)."""
+        image, label = self.load_case(key)
+        data = image.data if image.data.ndim == 3 else image.data[..., 0]
+        return data, label.data, image.spacing[:3]
+
+    def load_image(self, case: Case, *, ras: bool = True) -> Volume:
+        """Load and validate an image without label (e.g. from ``imagesTs``)."""
+        image = load_nifti(case.image_path)
+        validate_image(image)
+        image.data = image.data.astype(np.float32, copy=False)
+        return reorient_to_ras(image) if ras else image
+
+
+def validate_image(image: Volume) -> None:
+    """Raise :class:`DataError` unless ``image`` is 3D (or 4D multi-modal) with finite values."""
+    if image.data.ndim not in (3, 4):
+        raise DataError(image.path, f"expected a 3D volume, got {image.data.ndim}D data of shape {image.shape}")
+    if min(image.shape[:3]) < 2:
+        raise DataError(image.path, f"expected a 3D volume, got shape {image.shape} (a 2D slice?)")
+    data = np.asarray(image.data)
+    if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
+        n_bad = int(np.size(data) - np.isfinite(data).sum())
+        raise DataError(image.path, f"{n_bad} NaN or Inf intensities")
+
+
+def validate_pair(image: Volume, label: Volume, *, allowed_labels: set[int] | None = None) -> None:
+    """Check an image and its label map belong together.
+
+    Raises
+    ------
+    DataError
+        Naming the file at fault: wrong dimensions, NaN/Inf, shape or affine
+        mismatch (tolerance :data:`AFFINE_TOLERANCE` mm), non-integer or
+        undeclared label values.
+    """
+    validate_image(image)
+    if label.data.ndim != 3:
+        raise DataError(label.path, f"a label map must be 3D, got shape {label.shape}")
+    if tuple(image.shape[:3]) != tuple(label.shape):
+        raise DataError(label.path, f"label shape {label.shape} does not match image shape "
+                                    f"{image.shape[:3]} ({image.path.name if image.path else 'image'})")
+    if not np.allclose(image.affine, label.affine, atol=AFFINE_TOLERANCE):
+        raise DataError(label.path, "label affine differs from the image affine "
+                                    f"({image.path.name if image.path else 'image'}): they are not on the same grid")
+    data = np.asarray(label.data)
+    if data.dtype.kind == "f":
+        if not np.all(np.isfinite(data)):
+            raise DataError(label.path, "NaN or Inf in a label map")
+        if not np.allclose(data, np.rint(data)):
+            raise DataError(label.path, "label values must be integers")
+    values = set(np.unique(data).astype(int).tolist())
+    if allowed_labels is not None and not values <= allowed_labels:
+        raise DataError(label.path, f"label values {sorted(values - allowed_labels)} are not declared "
+                                    f"in dataset.json (declared: {sorted(allowed_labels)})")
+
+
+def split_cases(case_ids: list[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Split case ids (never slices) into training and validation lists, seeded.
+
+    Returns
+    -------
+    train, val : list of str
+        Both sorted in the original order; ``val`` has ``round(n * val_fraction)``
+        cases (at least 1 when ``n >= 2``).
+    """
+    n = len(case_ids)
+    if n == 0:
+        raise ValueError("cannot split an empty list of cases")
+    n_val = max(1, int(round(n * val_fraction))) if n >= 2 and val_fraction > 0 else 0
+    order = np.random.default_rng(seed).permutation(n)
+    val_idx = set(order[:n_val].tolist())
+    train = [c for i, c in enumerate(case_ids) if i not in val_idx]
+    val = [c for i, c in enumerate(case_ids) if i in val_idx]
+    return train, val
+
+
+def write_msd_dataset(out_dir: str | os.PathLike, cases: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], *,
+                      name: str, labels: dict[int, str], modality: dict[int, str] | None = None,
+                      description: str = "", licence: str = "", overwrite: bool = False,
+                      extra: dict | None = None) -> Path:
+    """Write cases in the MSD layout, atomically.
+
+    Parameters
+    ----------
+    out_dir : str or PathLike
+        Target folder. Written into a temporary sibling and renamed into place
+        when complete, so a half-written data set never looks complete.
+    cases : list of (case_id, image, label, affine)
+        image float32 ``(X, Y, Z)``, label uint8 ``(X, Y, Z)``, affine 4x4 (mm).
+    name, labels, modality, description, licence : dataset.json fields.
+    overwrite : bool
+        If False (default) and ``out_dir`` exists and is not empty, raise
+        :class:`OverwriteError`; if True an existing folder is replaced only
+        when it holds a ``dataset.json`` (an MSD folder), never another folder.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise OverwriteError(f"{out_dir}: folder exists and is not empty; pass overwrite=True "
+                                 "(or --overwrite) to replace it")
+        if not (out_dir / "dataset.json").is_file():
+            raise OverwriteError(f"{out_dir}: refusing to replace a folder that is not an MSD data set")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        (tmp / "imagesTr").mkdir()
+        (tmp / "labelsTr").mkdir()
+        training = []
+        for case_id, image, label, affine in cases:
+            save_nifti(np.asarray(image, np.float32), tmp / "imagesTr" / f"{case_id}.nii.gz", affine=affine)
+            save_nifti(np.asarray(label, np.uint8), tmp / "labelsTr" / f"{case_id}.nii.gz", affine=affine)
+            training.append({"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"})
+        meta = {
+            "name": name, "description": description, "licence": licence, "tensorImageSize": "3D",
+            "modality": {str(k): v for k, v in (modality or {0: "MRI"}).items()},
+            "labels": {str(k): v for k, v in sorted(labels.items())},
+            "numTraining": len(training), "numTest": 0, "training": training, "test": [],
+        }
+        meta.update(extra or {})
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def check_dataset(root: str | os.PathLike):
+    """Validate every case of an MSD folder and tabulate it.
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        One row per case: ``case``, ``shape``, ``spacing_mm``, ``orientation``,
+        ``min``, ``max``, ``labels`` (values present), ``foreground_pct``,
+        ``error`` (empty when the case is fine).
+
+    Raises
+    ------
+    DataError
+        If the folder itself is unusable (no or malformed ``dataset.json``, no cases).
+    """
+    import pandas as pd
+
+    ds = MSDDataset(root)
+    rows = []
+    for case in ds.cases:
+        row = {"case": case.case_id, "shape": "", "spacing_mm": "", "orientation": "", "min": np.nan,
+               "max": np.nan, "labels": "", "foreground_pct": np.nan, "error": ""}
+        try:
+            image, label = ds.load_case(case.case_id, ras=False)
+            row.update(shape="x".join(map(str, image.shape)),
+                       spacing_mm="x".join(f"{s:.3g}" for s in image.spacing),
+                       orientation="".join(image.orientation),
+                       min=float(np.min(image.data)), max=float(np.max(image.data)),
+                       labels=",".join(map(str, np.unique(label.data).tolist())),
+                       foreground_pct=100.0 * float(np.mean(label.data > 0)))
+        except DataError as exc:
+            row["error"] = str(exc)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def course_dataset(name: str | None = None) -> MSDDataset:
+    """The data set the notebooks use, chosen by the settings.
+
+    Parameters
+    ----------
+    name : {"phantom", "hippocampus"}, optional
+        Default: ``settings.dataset_name()`` (``MEDSEG_DATASET``).
+
+    ``phantom`` is generated under ``settings.phantom_dir()`` on first use
+    (deterministic, a few seconds); ``hippocampus`` is read from
+    ``settings.hippocampus_dir()`` and must exist (download it with
+    ``python -m medseg_tf data download Task04_Hippocampus --out data``).
+    """
+    name = name or settings.dataset_name()
+    if name == "phantom":
+        from medseg_tf.phantom import DEFAULT_CASES, write_phantom_dataset
+
+        root = settings.phantom_dir()
+        if not (root / "dataset.json").is_file():
+            try:
+                write_phantom_dataset(root, n_cases=DEFAULT_CASES, seed=0)
+            except (OverwriteError, OSError):
+                if not (root / "dataset.json").is_file():  # not written meanwhile by another process
+                    raise
+        return MSDDataset(root)
+    if name == "hippocampus":
+        root = settings.hippocampus_dir()
+        if not (root / "dataset.json").is_file():
+            raise DataError(root, "MSD Task04 Hippocampus not found. Download it with "
+                                  "`python -m medseg_tf data download Task04_Hippocampus --out data`, or set "
+                                  "MEDSEG_HIPPOCAMPUS_DIR to a folder holding dataset.json, imagesTr/, labelsTr/")
+        return MSDDataset(root)
+    raise ValueError(f"unknown data set {name!r}: expected one of {settings.DATASETS}")

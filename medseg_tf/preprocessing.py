@@ -1,0 +1,201 @@
+"""Intensity and geometry preprocessing (NumPy / SciPy only, no TensorFlow).
+
+* MRI intensities have no physical unit and vary per scanner and case, so
+  each volume is normalised on its own (:func:`zscore`, optionally inside a
+  mask, after :func:`clip_percentiles`).
+* CT intensities are in Hounsfield units (HU) and are *windowed*
+  (:func:`ct_window`) instead.
+* Voxel spacing differs between cases; :func:`resample_to_spacing` brings a
+  volume to a target spacing in mm with ``scipy.ndimage.zoom`` (images:
+  linear or cubic; label maps: nearest neighbour, so label values are kept).
+* A U-Net of depth ``d`` halves each spatial size ``d`` times, so inputs are
+  padded to a multiple of ``2**d`` (:func:`pad_to_multiple`) and the output
+  cropped back (:func:`unpad`).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["zscore", "clip_percentiles", "ct_window", "resample_to_spacing", "resample_image",
+           "resample_label", "pad_to_multiple", "pad_to_shape", "unpad", "crop_to_foreground",
+           "foreground_bbox", "normalize"]
+
+
+def zscore(image: np.ndarray, mask: np.ndarray | None = None, *, eps: float = 1e-8) -> np.ndarray:
+    """Per-volume z-score: ``(image - mean) / std``.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        Any shape, e.g. ``(X, Y, Z)``.
+    mask : np.ndarray of bool, optional
+        Same shape; statistics are computed inside it only (e.g. ``image > 0``
+        to ignore the air around a skull-stripped brain). Voxels outside the
+        mask are normalised with the same statistics.
+    eps : float
+        Added to the standard deviation, so a constant image gives zeros.
+
+    Returns
+    -------
+    np.ndarray
+        float32, same shape, mean 0 and standard deviation 1 (inside the mask).
+    """
+    image = np.asarray(image, dtype=np.float32)
+    values = image if mask is None else image[np.asarray(mask, dtype=bool)]
+    if values.size == 0:
+        raise ValueError("zscore: the mask selects no voxel")
+    mean, std = float(values.mean(dtype=np.float64)), float(values.std(dtype=np.float64))
+    return ((image - mean) / (std + eps)).astype(np.float32)
+
+
+def clip_percentiles(image: np.ndarray, lower: float = 0.5, upper: float = 99.5,
+                     mask: np.ndarray | None = None) -> np.ndarray:
+    """Clip intensities to the ``[lower, upper]`` percentiles (in %) of the volume (or of ``mask``)."""
+    image = np.asarray(image, dtype=np.float32)
+    if not 0 <= lower < upper <= 100:
+        raise ValueError(f"need 0 <= lower < upper <= 100, got {lower}, {upper}")
+    values = image if mask is None else image[np.asarray(mask, dtype=bool)]
+    lo, hi = np.percentile(values, [lower, upper])
+    return np.clip(image, lo, hi)
+
+
+def ct_window(image: np.ndarray, center: float, width: float) -> np.ndarray:
+    """CT windowing: map HU in ``[center - width/2, center + width/2]`` to ``[0, 1]``, clipping outside.
+
+    Common windows (HU): soft tissue 40/400, lung -600/1500, bone 400/1800, liver 60/160.
+    """
+    if width <= 0:
+        raise ValueError(f"window width must be positive, got {width}")
+    lo = center - width / 2.0
+    return np.clip((np.asarray(image, dtype=np.float32) - lo) / width, 0.0, 1.0)
+
+
+def normalize(image: np.ndarray, method: str = "zscore") -> np.ndarray:
+    """Normalise a volume by name: ``"zscore"`` (percentile-clipped 0.5-99.5 %, then z-score) or ``"none"``."""
+    if method == "zscore":
+        return zscore(clip_percentiles(image))
+    if method == "none":
+        return np.asarray(image, dtype=np.float32)
+    raise ValueError(f"unknown normalisation {method!r}: expected 'zscore' or 'none'")
+
+
+def _zoom_factors(shape: Sequence[int], spacing: Sequence[float], target_spacing: Sequence[float]):
+    if len(spacing) != len(target_spacing):
+        raise ValueError(f"spacing {tuple(spacing)} and target {tuple(target_spacing)} differ in length")
+    if any(s <= 0 for s in (*spacing, *target_spacing)):
+        raise ValueError("spacings must be positive (mm)")
+    new_shape = [max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target_spacing)]
+    return new_shape
+
+
+def resample_to_spacing(array: np.ndarray, spacing: Sequence[float], target_spacing: Sequence[float], *,
+                        order: int, shape: Sequence[int] | None = None) -> np.ndarray:
+    """Resample a 3D array from ``spacing`` to ``target_spacing`` (mm per voxel).
+
+    Parameters
+    ----------
+    array : np.ndarray
+        Shape ``(X, Y, Z)`` or ``(X, Y, Z, C)`` (channels resampled alike).
+    spacing, target_spacing : sequence of 3 floats
+        Voxel size in mm before and after.
+    order : int
+        Spline order: 0 nearest (label maps), 1 linear, 3 cubic (images).
+    shape : sequence of 3 ints, optional
+        Exact output shape (e.g. to go back to an original grid); default
+        ``round(X * spacing / target_spacing)`` per axis.
+
+    Returns
+    -------
+    np.ndarray
+        Same dtype for ``order=0``, float32 otherwise. Voxel centres keep the
+        same physical extent (``grid_mode=True``).
+    """
+    array = np.asarray(array)
+    spatial = array.shape[:3]
+    new_shape = list(shape) if shape is not None else _zoom_factors(spatial, spacing, target_spacing)
+    if tuple(new_shape) == tuple(spatial):
+        return array if order == 0 else array.astype(np.float32, copy=False)
+    zoom = [n / o for n, o in zip(new_shape, spatial)] + [1.0] * (array.ndim - 3)
+    src = array if order == 0 else array.astype(np.float32, copy=False)
+    out = ndimage.zoom(src, zoom, order=order, mode="nearest", grid_mode=True, prefilter=order > 1)
+    return out
+
+
+def resample_image(image: np.ndarray, spacing, target_spacing, *, order: int = 1) -> np.ndarray:
+    """Resample an intensity image (linear by default, ``order=3`` for cubic)."""
+    return resample_to_spacing(image, spacing, target_spacing, order=order)
+
+
+def resample_label(label: np.ndarray, spacing, target_spacing) -> np.ndarray:
+    """Resample a label map with nearest neighbour, so the set of label values cannot grow."""
+    return resample_to_spacing(label, spacing, target_spacing, order=0)
+
+
+def pad_to_shape(array: np.ndarray, shape: Sequence[int], *, mode: str = "constant",
+                 value: float = 0.0) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
+    """Pad the leading ``len(shape)`` axes symmetrically up to at least ``shape``.
+
+    Returns the padded array and the pad widths (one ``(before, after)`` per
+    axis of ``array``) for :func:`unpad`.
+    """
+    pads = []
+    for n, target in zip(array.shape, shape):
+        extra = max(0, int(target) - n)
+        pads.append((extra // 2, extra - extra // 2))
+    pads += [(0, 0)] * (array.ndim - len(pads))
+    kwargs = {"constant_values": value} if mode == "constant" else {}
+    return np.pad(array, pads, mode=mode, **kwargs), tuple(pads)
+
+
+def pad_to_multiple(array: np.ndarray, multiple: int | Sequence[int], *, n_spatial: int = 3,
+                    mode: str = "constant", value: float = 0.0) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
+    """Pad the first ``n_spatial`` axes so each size is divisible by ``multiple`` (e.g. ``2**depth``).
+
+    Returns
+    -------
+    padded : np.ndarray
+    pads : tuple of (before, after)
+        Pass to :func:`unpad` to get the original extent back.
+    """
+    mult = [multiple] * n_spatial if np.isscalar(multiple) else list(multiple)
+    target = [int(np.ceil(n / m) * m) for n, m in zip(array.shape[:n_spatial], mult)]
+    return pad_to_shape(array, target, mode=mode, value=value)
+
+
+def unpad(array: np.ndarray, pads: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Undo :func:`pad_to_multiple` / :func:`pad_to_shape` (extra trailing axes are kept)."""
+    index = tuple(slice(b, array.shape[i] - a) for i, (b, a) in enumerate(pads))
+    return array[index]
+
+
+def foreground_bbox(label: np.ndarray, margin: int | Sequence[int] = 0) -> tuple[slice, ...]:
+    """Bounding box of ``label > 0`` grown by ``margin`` voxels, clipped to the array.
+
+    Returns a tuple of slices (the whole array when there is no foreground).
+    """
+    fg = np.asarray(label) > 0
+    margins = [margin] * fg.ndim if np.isscalar(margin) else list(margin)
+    if not fg.any():
+        return tuple(slice(0, n) for n in fg.shape)
+    box = []
+    for axis in range(fg.ndim):
+        other = tuple(a for a in range(fg.ndim) if a != axis)
+        idx = np.flatnonzero(fg.any(axis=other))
+        box.append(slice(max(0, idx[0] - margins[axis]), min(fg.shape[axis], idx[-1] + 1 + margins[axis])))
+    return tuple(box)
+
+
+def crop_to_foreground(image: np.ndarray, label: np.ndarray, margin: int | Sequence[int] = 8
+                       ) -> tuple[np.ndarray, np.ndarray, tuple[slice, ...]]:
+    """Crop image and label to the foreground bounding box plus ``margin`` voxels.
+
+    Returns ``(image_crop, label_crop, box)``; ``image[box]`` is the crop.
+    """
+    if np.asarray(image).shape[:3] != np.asarray(label).shape[:3]:
+        raise ValueError(f"image shape {np.shape(image)} and label shape {np.shape(label)} differ")
+    box = foreground_bbox(label, margin)
+    return image[box], label[box], box

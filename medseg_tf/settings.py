@@ -1,0 +1,89 @@
+"""Course settings read from environment variables (no TensorFlow import).
+
+Every notebook reads the same few switches, documented in the README:
+
+``MEDSEG_QUICK``
+    ``1`` shrinks epochs and case counts (used by the tests); never changes
+    the code path.
+``MEDSEG_DATASET``
+    ``phantom`` (default, generated offline) or ``hippocampus`` (MSD Task04).
+``MEDSEG_HIPPOCAMPUS_DIR``
+    An MSD Task04 folder (default ``data/Task04_Hippocampus``).
+``MEDSEG_DATA_DIR``
+    Where generated and downloaded data live (default ``<repo>/data``).
+``MEDSEG_FIGURES_DIR``
+    Where notebooks save figures (default ``<repo>/figures``).
+``MEDSEG_RUNS_DIR``
+    Where training runs are written (default ``<repo>/runs``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: The repository root (the folder holding ``medseg_tf/``).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+DATASETS = ("phantom", "hippocampus")
+
+
+def _env_path(name: str, default: Path) -> Path:
+    value = os.environ.get(name, "").strip()
+    return Path(value).expanduser().resolve() if value else default
+
+
+def quick_mode() -> bool:
+    """True when ``MEDSEG_QUICK`` is set to a true value (``1``, ``true``, ``yes``)."""
+    return os.environ.get("MEDSEG_QUICK", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def dataset_name() -> str:
+    """The data set the notebooks use: ``"phantom"`` (default) or ``"hippocampus"``."""
+    name = os.environ.get("MEDSEG_DATASET", "phantom").strip().lower() or "phantom"
+    if name not in DATASETS:
+        raise ValueError(f"MEDSEG_DATASET={name!r}: expected one of {', '.join(DATASETS)}")
+    return name
+
+
+def data_dir() -> Path:
+    """Folder for generated and downloaded data (``MEDSEG_DATA_DIR``, default ``<repo>/data``)."""
+    return _env_path("MEDSEG_DATA_DIR", REPO_ROOT / "data")
+
+
+def hippocampus_dir() -> Path:
+    """MSD Task04 folder (``MEDSEG_HIPPOCAMPUS_DIR``, default ``<data>/Task04_Hippocampus``)."""
+    return _env_path("MEDSEG_HIPPOCAMPUS_DIR", data_dir() / "Task04_Hippocampus")
+
+
+def phantom_dir() -> Path:
+    """Folder of the generated phantom data set (``<data>/phantom``)."""
+    return data_dir() / "phantom"
+
+
+def figures_dir() -> Path:
+    """Folder where notebooks save figures (``MEDSEG_FIGURES_DIR``, default ``<repo>/figures``)."""
+    path = _env_path("MEDSEG_FIGURES_DIR", REPO_ROOT / "figures")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def runs_dir() -> Path:
+    """Folder where training runs are written (``MEDSEG_RUNS_DIR``, default ``<repo>/runs``)."""
+    return _env_path("MEDSEG_RUNS_DIR", REPO_ROOT / "runs")
+
+
+def pick(full, quick):
+    """Return ``quick`` in quick mode and ``full`` otherwise.
+
+    Notebooks use it for sizes only (epochs, case counts), never to switch code.
+    """
+    return quick if quick_mode() else full
+
+
+def describe() -> str:
+    """One line naming the active settings, printed at the top of each notebook."""
+    return (
+        f"dataset={dataset_name()} quick={quick_mode()} data_dir={data_dir()} "
+        f"figures_dir={_env_path('MEDSEG_FIGURES_DIR', REPO_ROOT / 'figures')}"
+    )
