@@ -185,7 +185,7 @@ def foreground_bbox(label: np.ndarray, margin: int | Sequence[int] = 0) -> tuple
     for axis in range(fg.ndim):
         other = tuple(a for a in range(fg.ndim) if a != axis)
         idx = np.flatnonzero(fg.any(axis=other))
-        box.append(slice(max(0, idx[0] - margins[axis]), min(fg.shape[axis], idx[-1] + 1 + margins[axis])))
+        box.append(slice(int(max(0, idx[0] - margins[axis])), int(min(fg.shape[axis], idx[-1] + 1 + margins[axis]))))
     return tuple(box)
 
 

@@ -1,0 +1,67 @@
+"""Command line and the notebook runner."""
+
+import subprocess
+import sys
+
+import pytest
+
+from medseg_tf.cli import main
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("course", "data"):
+        assert command in out
+
+
+def test_data_phantom_and_check(tmp_path, capsys):
+    out = tmp_path / "ph"
+    assert main(["data", "phantom", "--out", str(out), "--cases", "3", "--seed", "2"]) == 0
+    assert main(["data", "check", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "3 of 3 cases OK" in printed and "phantom_002" in printed
+    # a second write refuses to overwrite; one clear line, exit code 1
+    assert main(["data", "phantom", "--out", str(out), "--cases", "3"]) == 1
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_data_check_reports_bad_cases(tmp_path, capsys):
+    import nibabel as nib
+    import numpy as np
+
+    out = tmp_path / "ph"
+    main(["data", "phantom", "--out", str(out), "--cases", "2"])
+    lab = out / "labelsTr" / "phantom_001.nii.gz"
+    img = nib.load(str(lab))
+    data = np.asanyarray(img.dataobj).copy()
+    data[0, 0, 0] = 9
+    nib.save(nib.Nifti1Image(data, img.affine), str(lab))
+    capsys.readouterr()
+    assert main(["data", "check", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "1 of 2 cases OK" in captured.out
+    assert "phantom_001.nii.gz" in captured.err and "[9]" in captured.err
+
+
+def test_data_check_missing_folder_one_line(tmp_path, capsys):
+    assert main(["data", "check", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data set folder not found" in err[0]
+
+
+def test_module_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "medseg_tf", "data", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "phantom" in result.stdout
+
+
+def test_numpy_layers_do_not_import_tensorflow():
+    code = ("import sys, medseg_tf.settings, medseg_tf.errors, medseg_tf.io, medseg_tf.datasets, "
+            "medseg_tf.phantom, medseg_tf.preprocessing, medseg_tf.download, medseg_tf.metrics, "
+            "medseg_tf.postprocessing, medseg_tf.convolution, medseg_tf.plots, medseg_tf.cli; "
+            "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; "
+            "assert not bad, bad")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

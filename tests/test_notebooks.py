@@ -1,0 +1,36 @@
+"""Notebooks on the real data (nbval runs every notebook on the phantom in quick mode)."""
+
+import os
+
+import pytest
+
+from medseg_tf.course import NOTEBOOKS_DIR, execute_notebook, list_notebooks
+
+
+def test_notebooks_are_numbered_in_order():
+    names = [p.name for p in list_notebooks()]
+    assert names[:2] == ["00_setup.ipynb", "01_medical_images_and_preprocessing.ipynb"]
+    assert len({n[:2] for n in names}) == len(names)
+
+
+@pytest.mark.parametrize("name", ["01_medical_images_and_preprocessing.ipynb"])
+def test_notebook_runs_on_real_hippocampus(name, hippocampus_root):
+    seconds = execute_notebook(NOTEBOOKS_DIR / name, write=False,
+                               env={"MEDSEG_DATASET": "hippocampus", "MEDSEG_QUICK": "1",
+                                    "MEDSEG_HIPPOCAMPUS_DIR": str(hippocampus_root)})
+    assert seconds > 0
+
+
+def test_runner_reports_failing_cell(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook(cells=[new_code_cell("x = 1"), new_code_cell("raise ValueError('boom here')")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "99_fail.ipynb"
+    nbformat.write(nb, path)
+    before = path.read_text()
+    with pytest.raises(RuntimeError, match="boom here") as info:
+        execute_notebook(path)
+    assert "raise ValueError" in str(info.value)  # the failing cell's source is shown
+    assert path.read_text() == before  # a failed run does not overwrite the notebook
