@@ -1,0 +1,505 @@
+"""Whole-volume inference: from a trained Keras model to label maps on disk.
+
+A model trained on 2D slices or 3D patches must still label every voxel of
+a volume of any size:
+
+* **2D models** run slice by slice along one axis. All slices of a volume go
+  through the network in a few batched calls (chunks of ``batch_size``):
+  Keras has a large fixed cost per call, so one call per slice would be
+  several times slower.
+* **3D models** run on the whole (padded) volume when it fits, or by a
+  *sliding window*: overlapping patches (default overlap 0.5) whose
+  predictions are blended with a Gaussian importance map (sigma = 1/8 of the
+  patch size, as in nnU-Net), because a convolutional net is least reliable at
+  the border of its input, where it sees zero padding instead of context.
+* Optional **test-time augmentation** (TTA): predict the volume mirrored along
+  the spatial axes, mirror the predictions back and average the
+  probabilities.
+
+Inputs are padded with zeros to a multiple of ``divisor`` (``2**depth`` of a
+U-Net) or to the patch size, and outputs cropped back, so the returned
+probabilities always have the input's shape. Padding uses 0, which after
+z-score normalisation is the mean intensity (as in nnU-Net).
+
+:func:`predict_case` and :func:`predict_folder` add the file handling: read
+NIfTI, reorient to RAS, normalise (and optionally resample) exactly as in
+training, predict, take the argmax, optionally keep the largest connected
+component per class, and map the labels back to the source image's voxel grid
+and orientation, so the written file overlays the source image.
+
+Training configuration (``config.json`` of a run folder, or a dict)
+-------------------------------------------------------------------
+``dims`` (required)
+    2 (slice-wise model) or 3 (volumetric model).
+``normalization``
+    Name passed to :func:`medseg_tf.preprocessing.normalize`
+    (default ``"zscore"``: percentile clipping then z-score; or ``"none"``).
+``target_spacing``
+    ``[sx, sy, sz]`` in mm to resample to before prediction, or ``None``
+    (default) to predict on the native grid. Probabilities are resampled back
+    to the native grid linearly before the argmax (smoother than resampling
+    the label map with nearest neighbour).
+``slice_axis``
+    Axis of the RAS volume a 2D model slides along (default 2).
+``patch_size``
+    3D patch ``[px, py, pz]`` for the sliding window, or ``None`` (default)
+    to predict the whole padded volume at once.
+``overlap``
+    Sliding-window overlap in [0, 1) (default 0.5).
+``divisor``
+    Pad to a multiple of this (default ``2**depth`` if ``depth`` is given,
+    else 16).
+``from_logits``
+    True if the model outputs logits (a U-Net built with ``head=None``);
+    softmax (or sigmoid for one channel) is then applied before averaging.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from medseg_tf import io, preprocessing
+from medseg_tf.errors import DataError, OverwriteError
+from medseg_tf.postprocessing import keep_largest_component
+
+__all__ = [
+    "gaussian_importance_map",
+    "sliding_window_starts",
+    "predict_volume",
+    "predict_case",
+    "predict_folder",
+    "load_run",
+]
+
+
+# --------------------------------------------------------------------------- helpers
+def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8) -> np.ndarray:
+    """Gaussian weights of a patch for blending overlapping sliding-window predictions.
+
+    ``w(i) = prod_d exp(-(i_d - c_d)**2 / (2 sigma_d**2))`` with ``c_d = (p_d - 1) / 2`` the
+    patch centre (so the map is symmetric under flips) and ``sigma_d = sigma_scale * p_d``.
+
+    Parameters
+    ----------
+    patch_size : sequence of int
+        Patch shape in voxels, e.g. (64, 64, 32).
+    sigma_scale : float
+        Standard deviation as a fraction of the patch size (nnU-Net: 1/8).
+
+    Returns
+    -------
+    np.ndarray
+        float32, shape ``patch_size``, maximum 1 at the centre, strictly positive
+        (corner weights of a 3D patch are about ``exp(-24) ~ 4e-11``).
+    """
+    if sigma_scale <= 0:
+        raise ValueError(f"sigma_scale must be positive, got {sigma_scale}")
+    weights = np.ones((), dtype=np.float64)
+    for p in patch_size:
+        if int(p) < 1:
+            raise ValueError(f"patch sizes must be positive, got {tuple(patch_size)}")
+        i = np.arange(int(p), dtype=np.float64)
+        g = np.exp(-((i - (p - 1) / 2.0) ** 2) / (2.0 * (sigma_scale * p) ** 2))
+        weights = np.multiply.outer(weights, g)
+    weights /= weights.max()
+    return weights.astype(np.float32)
+
+
+def sliding_window_starts(size: int, patch: int, overlap: float = 0.5) -> list[int]:
+    """Start indices of windows of length ``patch`` covering ``range(size)``.
+
+    The number of windows is the smallest that keeps consecutive windows at
+    most ``patch * (1 - overlap)`` apart; the windows are then spread evenly from
+    0 to ``size - patch`` (nnU-Net's rule), so the first and last touch the ends.
+
+    Parameters
+    ----------
+    size : int
+        Length of the (padded) axis, ``>= patch``.
+    patch : int
+        Window length.
+    overlap : float
+        Fraction of the window shared with the next one, in [0, 1).
+    """
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if size < patch:
+        raise ValueError(f"axis of size {size} is smaller than the patch ({patch}); pad it first")
+    step = max(1.0, patch * (1.0 - overlap))
+    n = int(math.ceil((size - patch) / step)) + 1
+    if n == 1:
+        return [0]
+    actual = (size - patch) / (n - 1)
+    return [int(round(actual * k)) for k in range(n)]
+
+
+def _predict_batches(model, x: np.ndarray, batch_size: int, from_logits: bool) -> np.ndarray:
+    """Run ``model`` on ``x`` (N, ...) in chunks of ``batch_size``; float32 probabilities."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    predict = getattr(model, "predict_on_batch", None) or (lambda b: model(b, training=False))
+    outs = []
+    for start in range(0, x.shape[0], batch_size):
+        y = predict(x[start:start + batch_size])
+        if isinstance(y, (list, tuple)):        # deep supervision: full resolution first
+            y = y[0]
+        y = np.asarray(keras.ops.convert_to_numpy(y), dtype=np.float32)
+        outs.append(y)
+    y = np.concatenate(outs, axis=0)
+    if from_logits:
+        if y.shape[-1] == 1:
+            y = 1.0 / (1.0 + np.exp(-y))
+        else:
+            y = np.exp(y - y.max(axis=-1, keepdims=True))
+            y /= y.sum(axis=-1, keepdims=True)
+    return y.astype(np.float32, copy=False)
+
+
+def _model_spatial_shape(model, n_spatial: int) -> tuple[int, ...] | None:
+    """Fixed spatial input shape of a Keras model, or None if any size is free."""
+    shape = getattr(model, "input_shape", None)
+    if not isinstance(shape, tuple) or len(shape) != n_spatial + 2:
+        return None
+    spatial = shape[1:-1]
+    return None if any(s is None for s in spatial) else tuple(int(s) for s in spatial)
+
+
+def _padded_target(shape: Sequence[int], divisor: int, minimum: Sequence[int] | None) -> list[int]:
+    target = [int(math.ceil(n / divisor) * divisor) for n in shape]
+    if minimum is not None:
+        target = [max(t, int(m)) for t, m in zip(target, minimum)]
+    return target
+
+
+def _predict_2d(model, image: np.ndarray, axis: int, batch_size: int, divisor: int,
+                from_logits: bool) -> np.ndarray:
+    slices = np.moveaxis(image, axis, 0)                       # (N, H, W, Cin)
+    fixed = _model_spatial_shape(model, 2)
+    target = _padded_target(slices.shape[1:3], divisor, None)
+    if fixed is not None:
+        if any(t > f for t, f in zip(slices.shape[1:3], fixed)):
+            raise ValueError(f"slices of shape {slices.shape[1:3]} are larger than the model's fixed "
+                             f"input {fixed}")
+        target = list(fixed)
+    padded, pads = preprocessing.pad_to_shape(slices, [slices.shape[0], *target])
+    probs = _predict_batches(model, padded, batch_size, from_logits)
+    probs = preprocessing.unpad(probs, pads)
+    return np.moveaxis(probs, 0, axis)
+
+
+def _predict_3d(model, image: np.ndarray, patch_size: Sequence[int] | None, overlap: float,
+                batch_size: int, divisor: int, from_logits: bool) -> np.ndarray:
+    if patch_size is None:
+        patch_size = _model_spatial_shape(model, 3)
+    if patch_size is None:                                     # whole volume in one call
+        target = _padded_target(image.shape[:3], divisor, None)
+        padded, pads = preprocessing.pad_to_shape(image, target)
+        probs = _predict_batches(model, padded[None], 1, from_logits)[0]
+        return preprocessing.unpad(probs, pads)
+
+    patch = [int(p) for p in patch_size]
+    if len(patch) != 3:
+        raise ValueError(f"patch_size must have 3 entries for a 3D model, got {tuple(patch_size)}")
+    if any(p % divisor for p in patch):
+        raise ValueError(f"patch_size {tuple(patch)} must be divisible by divisor={divisor}")
+    padded, pads = preprocessing.pad_to_shape(image, patch)
+    starts = [sliding_window_starts(n, p, overlap) for n, p in zip(padded.shape[:3], patch)]
+    corners = list(itertools.product(*starts))
+    weights = gaussian_importance_map(patch)[..., None]
+    acc = None
+    norm = np.zeros(padded.shape[:3] + (1,), dtype=np.float32)
+    for first in range(0, len(corners), batch_size):
+        chunk = corners[first:first + batch_size]
+        boxes = [tuple(slice(c, c + p) for c, p in zip(corner, patch)) for corner in chunk]
+        batch = np.stack([padded[box] for box in boxes])
+        probs = _predict_batches(model, batch, batch_size, from_logits)
+        if acc is None:
+            acc = np.zeros(padded.shape[:3] + (probs.shape[-1],), dtype=np.float32)
+        for box, p in zip(boxes, probs):
+            acc[box] += p * weights
+            norm[box] += weights
+    return preprocessing.unpad(acc / norm, pads)
+
+
+def _flip_sets(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    return [combo for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r)]
+
+
+# --------------------------------------------------------------------------- volumes
+def predict_volume(model, image: np.ndarray, *, dims: int, axis: int = 2,
+                   patch_size: Sequence[int] | None = None, overlap: float = 0.5,
+                   batch_size: int = 16, tta: bool = False, divisor: int = 16,
+                   from_logits: bool = False) -> np.ndarray:
+    """Class probabilities of every voxel of a volume.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Channels-last segmentation model: input ``(batch, H, W, Cin)`` for
+        ``dims=2`` or ``(batch, X, Y, Z, Cin)`` for ``dims=3``; output the same
+        spatial shape with C class probabilities (softmax, or one sigmoid
+        channel). A list output (deep supervision) uses its first entry.
+    image : np.ndarray
+        float32 ``(X, Y, Z)`` or ``(X, Y, Z, Cin)``, already normalised as in
+        training.
+    dims : {2, 3}
+        Slice-wise (2) or volumetric (3) model.
+    axis : int
+        For ``dims=2``: the axis sliced along; slice ``k`` is
+        ``np.take(image, k, axis)`` with the other two axes in their order
+        (``axis=2``: (X, Y) slices).
+    patch_size : sequence of 3 int, optional
+        For ``dims=3``: sliding-window patch in voxels (each divisible by
+        ``divisor``). None: the whole padded volume in one call (or the model's
+        input shape if it is fixed).
+    overlap : float
+        Sliding-window overlap fraction in [0, 1).
+    batch_size : int
+        Slices or patches per model call.
+    tta : bool
+        Average over mirrored inputs: all 8 flip combinations of the 3 axes
+        for ``dims=3``; the 4 combinations of the 2 in-plane axes for ``dims=2``.
+    divisor : int
+        Pad spatial sizes to a multiple of this (``2**depth`` of a U-Net).
+    from_logits : bool
+        The model outputs logits; apply softmax (sigmoid for 1 channel).
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``(X, Y, Z, C)`` probabilities, same spatial shape as ``image``.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 3:
+        image = image[..., None]
+    if image.ndim != 4:
+        raise ValueError(f"image must be (X, Y, Z) or (X, Y, Z, C), got shape {image.shape}")
+    if dims not in (2, 3):
+        raise ValueError(f"dims must be 2 or 3, got {dims!r}")
+    if int(divisor) < 1:
+        raise ValueError(f"divisor must be >= 1, got {divisor}")
+    expected = getattr(model, "input_shape", None)
+    if isinstance(expected, tuple) and expected and expected[-1] not in (None, image.shape[-1]):
+        raise ValueError(f"the model expects {expected[-1]} input channel(s), the image has "
+                         f"{image.shape[-1]}")
+    if dims == 2:
+        if axis not in (0, 1, 2, -1, -2, -3):
+            raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
+        axis %= 3
+
+        def once(x):
+            return _predict_2d(model, x, axis, batch_size, int(divisor), from_logits)
+        flip_axes = [a for a in range(3) if a != axis]
+    else:
+        def once(x):
+            return _predict_3d(model, x, patch_size, overlap, batch_size, int(divisor), from_logits)
+        flip_axes = [0, 1, 2]
+
+    if not tta:
+        return once(image)
+    total = None
+    flips = _flip_sets(flip_axes)
+    for flip in flips:
+        x = np.flip(image, flip) if flip else image
+        p = once(np.ascontiguousarray(x))
+        p = np.flip(p, flip) if flip else p
+        total = p.astype(np.float32) if total is None else total + p
+    return (total / len(flips)).astype(np.float32)
+
+
+def _divisor(config: Mapping) -> int:
+    if config.get("divisor") is not None:
+        return int(config["divisor"])
+    if config.get("depth") is not None:
+        return 2 ** int(config["depth"])
+    return 16
+
+
+def _labels_from_probs(probs: np.ndarray) -> np.ndarray:
+    if probs.shape[-1] == 1:
+        return (probs[..., 0] > 0.5).astype(np.uint8)
+    return np.argmax(probs, axis=-1).astype(np.uint8)
+
+
+def _predict_loaded(model, vol: io.Volume, config: Mapping, *, tta: bool, lcc: bool,
+                    batch_size: int) -> np.ndarray:
+    """Label map (uint8, original voxel order and shape) of a loaded image volume."""
+    if "dims" not in config:
+        raise ValueError("config needs a 'dims' entry (2 or 3)")
+    ras = io.reorient_to_ras(vol)
+    data = np.asarray(ras.data, dtype=np.float32)
+    if data.ndim not in (3, 4):
+        raise DataError(vol.path, f"expected a 3D image (or 4D with channels last), got shape {data.shape}")
+    method = config.get("normalization", "zscore") or "none"
+    if data.ndim == 3:
+        image = preprocessing.normalize(data, method)
+    else:
+        image = np.stack([preprocessing.normalize(data[..., c], method)
+                          for c in range(data.shape[-1])], axis=-1)
+    spacing = ras.spacing
+    target = config.get("target_spacing")
+    if target is not None:
+        image = preprocessing.resample_to_spacing(image, spacing, target, order=1)
+    probs = predict_volume(
+        model, image, dims=int(config["dims"]), axis=int(config.get("slice_axis", 2)),
+        patch_size=config.get("patch_size"), overlap=float(config.get("overlap", 0.5)),
+        batch_size=batch_size, tta=tta, divisor=_divisor(config),
+        from_logits=bool(config.get("from_logits", False)))
+    if target is not None:
+        probs = preprocessing.resample_to_spacing(probs, target, spacing, order=1,
+                                                  shape=data.shape[:3])
+    labels = _labels_from_probs(probs)
+    if lcc:
+        labels = keep_largest_component(labels)
+    return io.reorient_from_ras(labels, vol)
+
+
+def predict_case(model, image_path: str | os.PathLike, config: Mapping, *, tta: bool = False,
+                 lcc: bool = False, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Predict the label map of one NIfTI image, on the image's own voxel grid.
+
+    Steps: :func:`medseg_tf.io.load_nifti`, :func:`~medseg_tf.io.reorient_to_ras`,
+    the training preprocessing (``config``: normalisation, optional resampling
+    to ``target_spacing``), :func:`predict_volume`, probabilities back to the
+    native grid (linear), argmax, optional largest connected component per
+    class, and :func:`~medseg_tf.io.reorient_from_ras`.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The trained model.
+    image_path : path
+        A ``.nii.gz`` image, 3D ``(X, Y, Z)``.
+    config : mapping
+        Training configuration (keys in this module's docstring; ``dims`` required).
+    tta : bool
+        Flip test-time augmentation.
+    lcc : bool
+        Keep only the largest connected component of each class
+        (:func:`medseg_tf.postprocessing.keep_largest_component`).
+    batch_size : int
+        Slices or patches per model call.
+
+    Returns
+    -------
+    labels : np.ndarray
+        uint8, the stored shape and voxel order of the image file.
+    affine : np.ndarray
+        The image's 4x4 affine (write the labels with it, or with
+        ``io.save_nifti(labels, path, reference=io.load_nifti(image_path))``).
+    """
+    vol = io.load_nifti(image_path)
+    return _predict_loaded(model, vol, config, tta=tta, lcc=lcc, batch_size=batch_size), vol.affine
+
+
+# --------------------------------------------------------------------------- folders
+def load_run(run_dir: str | os.PathLike):
+    """Load ``model.keras`` (uncompiled) and ``config.json`` of a training run folder.
+
+    Returns
+    -------
+    (keras.Model, dict)
+    """
+    run_dir = Path(run_dir)
+    model_path, config_path = run_dir / "model.keras", run_dir / "config.json"
+    for path in (model_path, config_path):
+        if not path.is_file():
+            raise DataError(path, "not found; a run folder holds model.keras and config.json")
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as exc:
+        raise DataError(config_path, f"not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise DataError(config_path, "must hold a JSON object")
+    model = keras.saving.load_model(model_path, compile=False)
+    return model, config
+
+
+def _image_files(images_dir: Path) -> list[Path]:
+    if (images_dir / "imagesTr").is_dir():
+        images_dir = images_dir / "imagesTr"
+    files = sorted(p for p in images_dir.iterdir()
+                   if p.is_file() and not p.name.startswith(".")
+                   and (p.name.endswith(".nii.gz") or p.name.endswith(".nii")))
+    if not files:
+        raise DataError(images_dir, "holds no NIfTI images (.nii.gz or .nii)")
+    return files
+
+
+def _case_id(path: Path) -> str:
+    name = path.name
+    return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name[: -len(".nii")]
+
+
+def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+                   config: Mapping | None = None, tta: bool = False, lcc: bool = False,
+                   overwrite: bool = False, progress: bool = True, batch_size: int = 16):
+    """Predict every image of a folder and write ``out_dir/<case>.nii.gz`` label maps.
+
+    Parameters
+    ----------
+    model_or_run_dir : keras.Model or path
+        A model (then ``config`` is required) or a run folder holding
+        ``model.keras`` and ``config.json`` (``config`` then overrides the file).
+    images_dir : path
+        A folder of images (like MSD ``imagesTs/``), or an MSD task folder whose
+        ``imagesTr/`` is used. Hidden files (macOS ``._*``) are skipped.
+    out_dir : path
+        Created if needed. Each label map (uint8) is written with its source
+        image's affine and header, so it overlays the image in any viewer.
+    config : mapping, optional
+        Training configuration (see the module docstring).
+    tta, lcc : bool
+        See :func:`predict_case`.
+    overwrite : bool
+        Replace existing outputs. By default nothing is predicted if any output
+        exists (:class:`medseg_tf.errors.OverwriteError`).
+    progress : bool
+        Show a tqdm progress bar.
+    batch_size : int
+        Slices or patches per model call.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``case`` and ``seconds`` (wall time of reading, predicting and
+        writing that case).
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    if isinstance(model_or_run_dir, (str, os.PathLike)):
+        model, run_config = load_run(model_or_run_dir)
+        config = {**run_config, **(config or {})}
+    else:
+        model = model_or_run_dir
+        if config is None:
+            raise ValueError("pass config=... (the training configuration) together with a model")
+    images_dir, out_dir = Path(images_dir), Path(out_dir)
+    if not images_dir.is_dir():
+        raise DataError(images_dir, "folder not found")
+    files = _image_files(images_dir)
+    outputs = [out_dir / f"{_case_id(f)}.nii.gz" for f in files]
+    existing = [p for p in outputs if p.exists()]
+    if existing and not overwrite:
+        raise OverwriteError(f"{existing[0]}: already exists ({len(existing)} of {len(outputs)} "
+                             "outputs do); pass overwrite=True to replace them")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path, out in tqdm(list(zip(files, outputs)), desc="predict", unit="case",
+                          disable=not progress):
+        start = time.perf_counter()
+        vol = io.load_nifti(path)
+        labels = _predict_loaded(model, vol, config, tta=tta, lcc=lcc, batch_size=batch_size)
+        io.save_nifti(labels, out, reference=vol, overwrite=overwrite)
+        rows.append({"case": _case_id(path), "seconds": time.perf_counter() - start})
+    return pd.DataFrame(rows, columns=["case", "seconds"])
