@@ -54,6 +54,64 @@ def _cmd_data_check(args) -> int:
     return 1 if len(bad) else 0
 
 
+def _cmd_train(args) -> int:
+    from medseg_tf.training import TrainConfig, train
+
+    if not args.config and not args.data:
+        raise SystemExit("train: give --config FILE.json, or --data DIR (or 'phantom') with --dims")
+    config = TrainConfig.from_json(args.config) if args.config else TrainConfig(data=str(args.data))
+    changes = {k: v for k, v in {
+        "data": str(args.data) if args.data else None, "dims": args.dims, "epochs": args.epochs,
+        "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size,
+        "patch_size": tuple(args.patch_size) if args.patch_size else None, "loss": args.loss,
+        "optimizer": args.optimizer, "learning_rate": args.lr, "schedule": args.schedule, "seed": args.seed,
+        "max_cases": args.max_cases, "val_fraction": args.val_fraction,
+        "out_dir": str(args.out) if args.out else None,
+    }.items() if v is not None}
+    if args.dims and args.dims != config.dims and not args.patch_size:
+        changes["patch_size"] = None  # the default patch of the new dimensionality
+    if args.no_augment:
+        changes["augment"] = False
+    model_changes = {k: v for k, v in {"depth": args.depth, "base_filters": args.base_filters,
+                                       "norm": args.norm}.items() if v is not None}
+    if model_changes:
+        changes["model"] = {**config.model, **model_changes}
+    if changes:
+        config = config.replace(**changes)
+    run_dir = train(config, overwrite=args.overwrite, resume=not args.no_resume, verbose=2)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from medseg_tf.inference import predict_folder
+
+    table = predict_folder(args.model, args.images, args.out, tta=args.tta, lcc=args.lcc,
+                           overwrite=args.overwrite, progress=not args.no_progress, batch_size=args.batch_size)
+    if len(table):
+        print(f"predicted {len(table)} volumes into {args.out}: "
+              f"{table['seconds'].mean():.3f} s per volume (median {table['seconds'].median():.3f} s)")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    import pandas as pd
+
+    from medseg_tf.errors import OverwriteError
+    from medseg_tf.metrics import evaluate_folder, summarize
+
+    if args.out.exists() and not args.overwrite:
+        raise OverwriteError(f"{args.out}: already exists; pass --overwrite to replace it")
+    table = evaluate_folder(args.pred, args.labels, tolerance_mm=args.tolerance, progress=not args.no_progress)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False)
+    summary = summarize(table)
+    with pd.option_context("display.width", 160, "display.max_rows", None):
+        print(summary.to_string(float_format=lambda v: f"{v:.4f}"))
+    print(f"\nper-case table: {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m medseg_tf``."""
     parser = argparse.ArgumentParser(
@@ -91,6 +149,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path, help="folder holding dataset.json")
     p.set_defaults(func=_cmd_data_check)
     data.set_defaults(func=lambda args: (data.print_help(), 2)[1])
+
+    p = sub.add_parser("train", help="train a U-Net from a JSON config or from options",
+                       description="Train a 2D or 3D U-Net and write a run folder (config.json, split.json, "
+                                   "model.keras, history.csv, logs/). Options given here override the config "
+                                   "file. An interrupted run resumes from its last completed epoch.")
+    p.add_argument("--config", type=Path, help="TrainConfig JSON file (see configs/)")
+    p.add_argument("--data", help="MSD folder, or 'phantom' / 'hippocampus' for the course data sets")
+    p.add_argument("--dims", type=int, choices=(2, 3), default=None, help="2D slices or 3D patches")
+    p.add_argument("--epochs", type=int, help="number of epochs")
+    p.add_argument("--steps-per-epoch", type=int, help="training batches per epoch")
+    p.add_argument("--batch-size", type=int, help="batch size (global, over all replicas)")
+    p.add_argument("--patch-size", type=int, nargs="+", help="training crop in voxels (2 or 3 ints)")
+    p.add_argument("--loss", help="dice, dice_ce, ce, focal or tversky")
+    p.add_argument("--optimizer", help="adam, adamw, sgd or rmsprop")
+    p.add_argument("--lr", type=float, help="initial learning rate")
+    p.add_argument("--schedule", choices=("constant", "cosine", "poly"), help="learning-rate schedule")
+    p.add_argument("--seed", type=int, help="random seed (split, sampling, augmentation, weights)")
+    p.add_argument("--max-cases", type=int, help="use only the first N cases")
+    p.add_argument("--val-fraction", type=float, help="share of cases held out for validation")
+    p.add_argument("--depth", type=int, help="U-Net depth (number of poolings)")
+    p.add_argument("--base-filters", type=int, help="filters of the first level")
+    p.add_argument("--norm", choices=("batch", "instance", "group"), help="normalisation layer")
+    p.add_argument("--no-augment", action="store_true", help="no data augmentation")
+    p.add_argument("--out", type=Path, help="run folder (default runs/<data>_<dims>d)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing complete run folder")
+    p.add_argument("--no-resume", action="store_true", help="do not resume an interrupted run")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("predict", help="segment whole volumes with a trained model",
+                       description="Predict label maps for every image of a folder (MSD imagesTs/-like, or an "
+                                   "MSD folder whose imagesTr/ is used), written as NIfTI on the source grid.")
+    p.add_argument("--model", type=Path, required=True, help="run folder (model.keras + config.json)")
+    p.add_argument("--images", type=Path, required=True, help="folder of .nii.gz images, or an MSD folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder for <case>.nii.gz label maps")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--lcc", action="store_true", help="keep the largest connected component per class")
+    p.add_argument("--batch-size", type=int, default=16, help="slices or windows per model call")
+    p.add_argument("--overwrite", action="store_true", help="replace existing predictions")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("evaluate", help="per-case, per-class metrics of predictions against labels",
+                       description="Dice, IoU, precision, recall, volume difference, HD, HD95, ASSD and "
+                                   "surface Dice per case and class (spacing in mm); prints mean/std/median.")
+    p.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps")
+    p.add_argument("--labels", type=Path, required=True, help="folder of reference label maps (e.g. labelsTr)")
+    p.add_argument("--out", type=Path, required=True, help="CSV file for the per-case table")
+    p.add_argument("--tolerance", type=float, default=1.0, help="surface Dice tolerance in mm (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 
