@@ -238,7 +238,7 @@ def _flip_sets(axes: Sequence[int]) -> list[tuple[int, ...]]:
 def predict_volume(model, image: np.ndarray, *, dims: int, axis: int = 2,
                    patch_size: Sequence[int] | None = None, overlap: float = 0.5,
                    batch_size: int = 16, tta: bool = False, divisor: int = 16,
-                   from_logits: bool = False) -> np.ndarray:
+                   from_logits: bool = False, tta_axes: Sequence[int] = (0,)) -> np.ndarray:
     """Class probabilities of every voxel of a volume.
 
     Parameters
@@ -266,8 +266,15 @@ def predict_volume(model, image: np.ndarray, *, dims: int, axis: int = 2,
     batch_size : int
         Slices or patches per model call.
     tta : bool
-        Average over mirrored inputs: all 8 flip combinations of the 3 axes
-        for ``dims=3``; the 4 combinations of the 2 in-plane axes for ``dims=2``.
+        Average over mirrored inputs: every combination of flips along
+        ``tta_axes``.
+    tta_axes : sequence of int
+        Axes of the (RAS) volume that test-time augmentation may mirror. The
+        default, ``(0,)``, is the left-right axis only: mirroring along
+        anterior-posterior or inferior-superior would turn an "Anterior" part
+        into a posterior one, so a model trained without such flips (the
+        course's hippocampus configs) would swap the classes. Use ``(0, 1, 2)``
+        only for anatomy that is symmetric along every axis.
     divisor : int
         Pad spatial sizes to a multiple of this (``2**depth`` of a U-Net).
     from_logits : bool
@@ -298,11 +305,10 @@ def predict_volume(model, image: np.ndarray, *, dims: int, axis: int = 2,
 
         def once(x):
             return _predict_2d(model, x, axis, batch_size, int(divisor), from_logits)
-        flip_axes = [a for a in range(3) if a != axis]
     else:
         def once(x):
             return _predict_3d(model, x, patch_size, overlap, batch_size, int(divisor), from_logits)
-        flip_axes = [0, 1, 2]
+    flip_axes = sorted({int(a) % 3 for a in tta_axes})
 
     if not tta:
         return once(image)
@@ -317,10 +323,14 @@ def predict_volume(model, image: np.ndarray, *, dims: int, axis: int = 2,
 
 
 def _divisor(config: Mapping) -> int:
+    """Pad multiple: ``divisor``, else ``2**depth`` (top level or, as training writes it, ``model.depth``)."""
     if config.get("divisor") is not None:
         return int(config["divisor"])
-    if config.get("depth") is not None:
-        return 2 ** int(config["depth"])
+    depth = config.get("depth")
+    if depth is None and isinstance(config.get("model"), Mapping):
+        depth = config["model"].get("depth")
+    if depth is not None:
+        return 2 ** int(depth)
     return 16
 
 
@@ -353,7 +363,7 @@ def _predict_loaded(model, vol: io.Volume, config: Mapping, *, tta: bool, lcc: b
         model, image, dims=int(config["dims"]), axis=int(config.get("slice_axis", 2)),
         patch_size=config.get("patch_size"), overlap=float(config.get("overlap", 0.5)),
         batch_size=batch_size, tta=tta, divisor=_divisor(config),
-        from_logits=bool(config.get("from_logits", False)))
+        from_logits=bool(config.get("from_logits", False)), tta_axes=config.get("tta_axes", (0,)))
     if target is not None:
         probs = preprocessing.resample_to_spacing(probs, target, spacing, order=1,
                                                   shape=data.shape[:3])

@@ -269,3 +269,28 @@ def test_predict_folder_from_run_dir(tmp_path):
 
     with pytest.raises(ValueError, match="config"):
         inference.predict_folder(threshold_model(3), task, tmp_path / "other", progress=False)
+
+
+def test_divisor_read_from_training_config():
+    assert inference._divisor({"model": {"depth": 5}}) == 32
+    assert inference._divisor({"depth": 3}) == 8
+    assert inference._divisor({"divisor": 4, "model": {"depth": 5}}) == 4
+    assert inference._divisor({}) == 16
+
+
+def test_tta_mirrors_only_the_requested_axes(monkeypatch):
+    calls = []
+
+    def fake_predict_3d(model, x, *args):
+        calls.append(x.copy())
+        return np.repeat(x[..., :1], 2, axis=-1)
+
+    monkeypatch.setattr(inference, "_predict_3d", fake_predict_3d)
+    image = np.random.default_rng(0).normal(size=(4, 5, 6)).astype(np.float32)
+    out = inference.predict_volume(None, image, dims=3, tta=True)
+    assert len(calls) == 2  # identity and the left-right (x) mirror only
+    np.testing.assert_array_equal(calls[1][..., 0], image[::-1])
+    np.testing.assert_allclose(out[..., 0], image, atol=1e-6)  # flipped back before averaging
+    calls.clear()
+    inference.predict_volume(None, image, dims=3, tta=True, tta_axes=(0, 1, 2))
+    assert len(calls) == 8
