@@ -16,10 +16,10 @@ a volume of any size:
   the spatial axes, mirror the predictions back and average the
   probabilities.
 
-Inputs are padded with zeros to a multiple of ``divisor`` (``2**depth`` of a
+Inputs are padded (with the volume's minimum, as the training pipeline pads its
+crops) to a multiple of ``divisor`` (``2**depth`` of a
 U-Net) or to the patch size, and outputs cropped back, so the returned
-probabilities always have the input's shape. Padding uses 0, which after
-z-score normalisation is the mean intensity (as in nnU-Net).
+probabilities always have the input's shape.
 
 :func:`predict_case` and :func:`predict_folder` add the file handling: read
 NIfTI, reorient to RAS, normalise (and optionally resample) exactly as in
@@ -76,6 +76,7 @@ __all__ = [
     "sliding_window_starts",
     "predict_volume",
     "predict_case",
+    "tta_axes_from_config",
     "predict_folder",
     "load_run",
 ]
@@ -181,7 +182,7 @@ def _padded_target(shape: Sequence[int], divisor: int, minimum: Sequence[int] | 
 
 
 def _predict_2d(model, image: np.ndarray, axis: int, batch_size: int, divisor: int,
-                from_logits: bool) -> np.ndarray:
+                from_logits: bool, pad_value: float = 0.0) -> np.ndarray:
     slices = np.moveaxis(image, axis, 0)                       # (N, H, W, Cin)
     fixed = _model_spatial_shape(model, 2)
     target = _padded_target(slices.shape[1:3], divisor, None)
@@ -190,19 +191,19 @@ def _predict_2d(model, image: np.ndarray, axis: int, batch_size: int, divisor: i
             raise ValueError(f"slices of shape {slices.shape[1:3]} are larger than the model's fixed "
                              f"input {fixed}")
         target = list(fixed)
-    padded, pads = preprocessing.pad_to_shape(slices, [slices.shape[0], *target])
+    padded, pads = preprocessing.pad_to_shape(slices, [slices.shape[0], *target], value=pad_value)
     probs = _predict_batches(model, padded, batch_size, from_logits)
     probs = preprocessing.unpad(probs, pads)
     return np.moveaxis(probs, 0, axis)
 
 
 def _predict_3d(model, image: np.ndarray, patch_size: Sequence[int] | None, overlap: float,
-                batch_size: int, divisor: int, from_logits: bool) -> np.ndarray:
+                batch_size: int, divisor: int, from_logits: bool, pad_value: float = 0.0) -> np.ndarray:
     if patch_size is None:
         patch_size = _model_spatial_shape(model, 3)
     if patch_size is None:                                     # whole volume in one call
         target = _padded_target(image.shape[:3], divisor, None)
-        padded, pads = preprocessing.pad_to_shape(image, target)
+        padded, pads = preprocessing.pad_to_shape(image, target, value=pad_value)
         probs = _predict_batches(model, padded[None], 1, from_logits)[0]
         return preprocessing.unpad(probs, pads)
 
@@ -211,7 +212,7 @@ def _predict_3d(model, image: np.ndarray, patch_size: Sequence[int] | None, over
         raise ValueError(f"patch_size must have 3 entries for a 3D model, got {tuple(patch_size)}")
     if any(p % divisor for p in patch):
         raise ValueError(f"patch_size {tuple(patch)} must be divisible by divisor={divisor}")
-    padded, pads = preprocessing.pad_to_shape(image, patch)
+    padded, pads = preprocessing.pad_to_shape(image, patch, value=pad_value)
     starts = [sliding_window_starts(n, p, overlap) for n, p in zip(padded.shape[:3], patch)]
     corners = list(itertools.product(*starts))
     weights = gaussian_importance_map(patch)[..., None]
@@ -238,7 +239,8 @@ def _flip_sets(axes: Sequence[int]) -> list[tuple[int, ...]]:
 def predict_volume(model, image: np.ndarray, *, dims: int, axis: int = 2,
                    patch_size: Sequence[int] | None = None, overlap: float = 0.5,
                    batch_size: int = 16, tta: bool = False, divisor: int = 16,
-                   from_logits: bool = False, tta_axes: Sequence[int] = (0,)) -> np.ndarray:
+                   from_logits: bool = False, tta_axes: Sequence[int] = (0, 1, 2),
+                   pad_value: float | str = "min") -> np.ndarray:
     """Class probabilities of every voxel of a volume.
 
     Parameters
@@ -269,14 +271,18 @@ def predict_volume(model, image: np.ndarray, *, dims: int, axis: int = 2,
         Average over mirrored inputs: every combination of flips along
         ``tta_axes``.
     tta_axes : sequence of int
-        Axes of the (RAS) volume that test-time augmentation may mirror. The
-        default, ``(0,)``, is the left-right axis only: mirroring along
-        anterior-posterior or inferior-superior would turn an "Anterior" part
-        into a posterior one, so a model trained without such flips (the
-        course's hippocampus configs) would swap the classes. Use ``(0, 1, 2)``
-        only for anatomy that is symmetric along every axis.
+        Axes of the volume that test-time augmentation may mirror (default
+        all three). Only mirror along axes the model saw mirrored in training:
+        a model trained without flips (the course's hippocampus configs, where
+        a flip along anterior-posterior would turn "Anterior" into posterior)
+        predicts garbage on flipped inputs. :func:`predict_case` picks the axes
+        from the training config (see :func:`tta_axes_from_config`).
     divisor : int
         Pad spatial sizes to a multiple of this (``2**depth`` of a U-Net).
+    pad_value : float or "min"
+        Image value used for padding. ``"min"`` (default) pads with the
+        volume's minimum, as :mod:`medseg_tf.pipeline` pads training crops, so
+        the model sees the same border at inference as in training.
     from_logits : bool
         The model outputs logits; apply softmax (sigmoid for 1 channel).
 
@@ -298,16 +304,17 @@ def predict_volume(model, image: np.ndarray, *, dims: int, axis: int = 2,
     if isinstance(expected, tuple) and expected and expected[-1] not in (None, image.shape[-1]):
         raise ValueError(f"the model expects {expected[-1]} input channel(s), the image has "
                          f"{image.shape[-1]}")
+    fill = float(image.min()) if isinstance(pad_value, str) and pad_value == "min" else float(pad_value)
     if dims == 2:
         if axis not in (0, 1, 2, -1, -2, -3):
             raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
         axis %= 3
 
         def once(x):
-            return _predict_2d(model, x, axis, batch_size, int(divisor), from_logits)
+            return _predict_2d(model, x, axis, batch_size, int(divisor), from_logits, fill)
     else:
         def once(x):
-            return _predict_3d(model, x, patch_size, overlap, batch_size, int(divisor), from_logits)
+            return _predict_3d(model, x, patch_size, overlap, batch_size, int(divisor), from_logits, fill)
     flip_axes = sorted({int(a) % 3 for a in tta_axes})
 
     if not tta:
@@ -320,6 +327,20 @@ def predict_volume(model, image: np.ndarray, *, dims: int, axis: int = 2,
         p = np.flip(p, flip) if flip else p
         total = p.astype(np.float32) if total is None else total + p
     return (total / len(flips)).astype(np.float32)
+
+
+def tta_axes_from_config(config: Mapping) -> tuple[int, ...]:
+    """Axes that flip test-time augmentation may mirror for a model trained with ``config``.
+
+    ``config["tta_axes"]`` if given; otherwise all three axes when training used
+    flip augmentation (``augment`` true, or a dict without ``"flips": false``),
+    and none when it did not.
+    """
+    if config.get("tta_axes") is not None:
+        return tuple(int(a) for a in config["tta_axes"])
+    augment = config.get("augment", True)
+    flips = augment.get("flips", True) if isinstance(augment, Mapping) else bool(augment)
+    return (0, 1, 2) if flips else ()
 
 
 def _divisor(config: Mapping) -> int:
@@ -359,11 +380,17 @@ def _predict_loaded(model, vol: io.Volume, config: Mapping, *, tta: bool, lcc: b
     target = config.get("target_spacing")
     if target is not None:
         image = preprocessing.resample_to_spacing(image, spacing, target, order=1)
+    tta_axes = tta_axes_from_config(config) if tta else ()
+    if tta and not tta_axes:
+        raise ValueError("test-time flips requested, but this model was trained without flip augmentation "
+                         "(config 'augment'): mirrored inputs are images it never saw and its predictions on "
+                         "them are wrong. Predict without TTA, or set 'tta_axes' in the run's config.json to "
+                         "the axes along which the anatomy is mirror-symmetric.")
     probs = predict_volume(
         model, image, dims=int(config["dims"]), axis=int(config.get("slice_axis", 2)),
         patch_size=config.get("patch_size"), overlap=float(config.get("overlap", 0.5)),
         batch_size=batch_size, tta=tta, divisor=_divisor(config),
-        from_logits=bool(config.get("from_logits", False)), tta_axes=config.get("tta_axes", (0,)))
+        from_logits=bool(config.get("from_logits", False)), tta_axes=tta_axes)
     if target is not None:
         probs = preprocessing.resample_to_spacing(probs, target, spacing, order=1,
                                                   shape=data.shape[:3])

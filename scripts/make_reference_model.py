@@ -56,13 +56,14 @@ def main(argv=None) -> int:
     parser.add_argument("run", type=Path, help="finished run folder (with summary.json)")
     parser.add_argument("--dest", type=Path, required=True, help="models/<name> folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    parser.add_argument("--note", default="", help="a sentence about the training conditions for the card")
     args = parser.parse_args(argv)
 
     import keras
     import pandas as pd
 
     from medseg_tf.datasets import MSDDataset
-    from medseg_tf.inference import predict_folder
+    from medseg_tf.inference import predict_folder, tta_axes_from_config
     from medseg_tf.metrics import evaluate_folder, summarize
     from medseg_tf.training import TrainConfig, open_dataset
 
@@ -92,15 +93,20 @@ def main(argv=None) -> int:
         timing = predict_folder(dest, images, Path(tmp) / "pred", progress=False)
         seconds = time.perf_counter() - start
         table = evaluate_folder(Path(tmp) / "pred", dataset.root / "labelsTr", progress=False)
+        use_tta = bool(tta_axes_from_config(config.to_dict()))  # only flips the model was trained with
+        predict_folder(dest, images, Path(tmp) / "pred_tta_lcc", tta=use_tta, lcc=True, progress=False)
+        table_tta = evaluate_folder(Path(tmp) / "pred_tta_lcc", dataset.root / "labelsTr", progress=False)
     table.to_csv(dest / "metrics_val.csv", index=False)
-    summ = summarize(table)
+    table_tta.to_csv(dest / "metrics_val_tta_lcc.csv", index=False)
 
     rows = []
-    for cls in [c for c in dataset.class_names[1:]]:
-        get = lambda metric, stat: summ.loc[(cls, metric), stat]  # noqa: E731
-        rows.append(f"| {cls} | {get('dice', 'mean'):.4f} ± {get('dice', 'std'):.4f} | "
-                    f"{get('dice', 'median'):.4f} | {get('hd95', 'mean'):.2f} ± {get('hd95', 'std'):.2f} | "
-                    f"{get('assd', 'mean'):.3f} | {get('nsd', 'mean'):.4f} |")
+    for label, tab in (("", table), (" (TTA + LCC)" if use_tta else " (LCC)", table_tta)):
+        summ = summarize(tab)
+        for cls in dataset.class_names[1:]:
+            get = lambda metric, stat: summ.loc[(cls, metric), stat]  # noqa: E731
+            rows.append(f"| {cls}{label} | {get('dice', 'mean'):.4f} ± {get('dice', 'std'):.4f} | "
+                        f"{get('dice', 'median'):.4f} | {get('hd95', 'mean'):.2f} ± {get('hd95', 'std'):.2f} | "
+                        f"{get('assd', 'mean'):.3f} | {get('nsd', 'mean'):.4f} |")
     size_mb = (dest / "model.keras").stat().st_size / 1e6
     card = f"""# Reference model: {dest.name}
 
@@ -123,10 +129,12 @@ parameters, `model.keras` {size_mb:.1f} MB) trained with `medseg_tf` on MSD Task
   `python scripts/make_reference_model.py runs/{run.resolve().name} --dest {dest}`.
 - Training time: {summary.get('seconds_this_session', float('nan')) / 60:.1f} min wall
   (best epoch {summary.get('best_epoch')} of {summary.get('epochs')}), {summary.get('runtime', '')}.
-- Machine: {_machine()}.
+- Machine: {_machine()}.{(chr(10) + "- Note: " + args.note) if args.note else ""}
 
-## Held-out results (whole volumes, original space, no TTA, no post-processing)
-Measured by this script (`predict_folder` then `evaluate_folder`; per-case table in `metrics_val.csv`),
+## Held-out results (whole volumes, original space)
+Measured by this script (`predict_folder` then `evaluate_folder`; per-case tables in `metrics_val.csv`, and
+`metrics_val_tta_lcc.csv` with largest-connected-component post-processing (`predict --lcc`), plus flip
+test-time augmentation (`--tta`) when the model was trained with flips),
 {len(val_ids)} cases, prediction {seconds / max(1, len(timing)):.2f} s per volume including I/O.
 Empty masks: see `medseg_tf.metrics` (no case here has an empty reference).
 

@@ -287,10 +287,23 @@ def test_tta_mirrors_only_the_requested_axes(monkeypatch):
 
     monkeypatch.setattr(inference, "_predict_3d", fake_predict_3d)
     image = np.random.default_rng(0).normal(size=(4, 5, 6)).astype(np.float32)
-    out = inference.predict_volume(None, image, dims=3, tta=True)
-    assert len(calls) == 2  # identity and the left-right (x) mirror only
+    out = inference.predict_volume(None, image, dims=3, tta=True, tta_axes=(0,))
+    assert len(calls) == 2  # identity and the x mirror only
     np.testing.assert_array_equal(calls[1][..., 0], image[::-1])
     np.testing.assert_allclose(out[..., 0], image, atol=1e-6)  # flipped back before averaging
     calls.clear()
     inference.predict_volume(None, image, dims=3, tta=True, tta_axes=(0, 1, 2))
     assert len(calls) == 8
+
+
+def test_tta_axes_follow_training_augmentation():
+    assert inference.tta_axes_from_config({"augment": True}) == (0, 1, 2)
+    assert inference.tta_axes_from_config({"augment": {"gamma_range": None}}) == (0, 1, 2)
+    assert inference.tta_axes_from_config({"augment": {"flips": False}}) == ()
+    assert inference.tta_axes_from_config({"augment": False, "tta_axes": [0]}) == (0,)
+
+
+def test_predict_case_refuses_tta_for_a_model_trained_without_flips(tmp_path):
+    path = io.save_nifti(np.ones((8, 8, 8), np.float32), tmp_path / "img.nii.gz", affine=np.eye(4))
+    with pytest.raises(ValueError, match="trained without flip augmentation"):
+        inference.predict_case(None, path, {"dims": 3, "augment": {"flips": False}}, tta=True)
