@@ -1,0 +1,348 @@
+"""The trainer: config JSON, schedules, runtime, run folders, resume, multi-worker custom step."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from medseg_tf import training as T
+from medseg_tf.errors import DataError, OverwriteError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_json_round_trip(tmp_path):
+    config = T.TrainConfig(data="some/folder", dims=3, patch_size=[32, 48, 32], target_spacing=[1, 1, 1.5],
+                           model={"depth": 3, "base_filters": 8, "norm": "instance"},
+                           loss={"name": "focal", "gamma": 1.0}, optimizer={"name": "sgd", "momentum": 0.9},
+                           schedule="cosine", augment={"rotate": 0.1}, max_cases=10, jit_compile=False,
+                           out_dir="x")
+    path = config.to_json(tmp_path / "c.json")
+    raw = json.loads(path.read_text())
+    assert raw["patch_size"] == [32, 48, 32] and raw["target_spacing"] == [1.0, 1.0, 1.5]
+    assert list(raw) == T.TrainConfig.keys()
+    again = T.TrainConfig.from_json(path)
+    assert again == config
+    assert isinstance(again.patch_size, tuple) and isinstance(again.target_spacing, tuple)
+    # defaults fill in a per-dims patch size and survive the round trip
+    default = T.TrainConfig(dims=3)
+    assert default.patch_size == (48, 64, 48)
+    assert T.TrainConfig.from_json(default.to_json(tmp_path / "d.json")) == default
+
+
+def test_config_errors(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"dims": 2, "epoch": 3, "lr": 0.1}))
+    with pytest.raises(DataError, match=r"bad\.json.*unknown config key\(s\) 'epoch', 'lr'"):
+        T.TrainConfig.from_json(path)
+    with pytest.raises(ValueError, match="unknown config key"):
+        T.TrainConfig.from_dict({"dimz": 2})
+    path.write_text("{not json")
+    with pytest.raises(DataError, match="JSON"):
+        T.TrainConfig.from_json(path)
+    with pytest.raises(DataError, match="not found"):
+        T.TrainConfig.from_json(tmp_path / "missing.json")
+    path.write_text(json.dumps({"dims": 2, "patch_size": [64, 64, 64]}))
+    with pytest.raises(DataError, match="patch_size"):
+        T.TrainConfig.from_json(path)
+    bad = [dict(dims=4), dict(schedule="step"), dict(loss="hinge"), dict(optimizer="lion"),
+           dict(val_fraction=1.0), dict(epochs=0), dict(mixed_precision="yes"),
+           dict(model={"num_classes": 3}), dict(slice_axis=3)]
+    for kwargs in bad:
+        with pytest.raises(ValueError):
+            T.TrainConfig(**kwargs)
+    with pytest.raises(ValueError, match="unknown config key"):
+        T.TrainConfig().replace(epoch=3)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.json")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    config = T.TrainConfig.from_json(path)
+    assert all(s % 2 ** T._unet_depth(config.model) == 0 for s in config.patch_size)
+
+
+# ---------------------------------------------------------------- schedules, runtime
+
+
+def test_schedules():
+    lr, epochs, steps = 0.01, 10, 5
+    poly = T.make_schedule("poly", lr, epochs=epochs, steps_per_epoch=steps)
+    for step in (0, 4, 5, 23, 49):
+        want = lr * (1 - (step // steps) / epochs) ** 0.9
+        assert float(poly(step)) == pytest.approx(want, rel=1e-6)
+    assert float(poly(49)) > 0
+    again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(poly))
+    assert float(again(23)) == pytest.approx(float(poly(23)))
+    cosine = T.make_schedule("cosine", lr, epochs=epochs, steps_per_epoch=steps)
+    assert float(cosine(0)) == pytest.approx(lr)
+    assert float(cosine(25)) == pytest.approx(lr / 2, rel=1e-5)
+    assert float(cosine(50)) == pytest.approx(0.0, abs=1e-9)
+    assert T.make_schedule("constant", lr, epochs=epochs, steps_per_epoch=steps) == lr
+    with pytest.raises(ValueError):
+        T.make_schedule("step", lr, epochs=epochs, steps_per_epoch=steps)
+    sgd = T.make_optimizer("sgd", 0.1)
+    assert isinstance(sgd, keras.optimizers.SGD) and sgd.nesterov and sgd.momentum == 0.99
+    assert T.make_optimizer({"name": "adam", "clipnorm": 1.0}, 0.1).clipnorm == 1.0
+
+
+def test_runtime_on_cpu(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    runtime = T.resolve_runtime(T.TrainConfig())
+    if runtime.device != "CPU":
+        pytest.skip("this test describes the CPU defaults")
+    assert (runtime.mixed_precision, runtime.jit_compile, runtime.strategy_name) == (False, False, "default")
+    line = T.describe_runtime()
+    assert "CPU" in line and "float32" in line and "XLA: off" in line and "default (1 replica)" in line
+    forced = T.resolve_runtime(T.TrainConfig(mixed_precision=True, jit_compile=True))
+    assert forced.mixed_precision and forced.jit_compile
+    assert "mixed_float16" in forced.describe() and "XLA: on" in forced.describe()
+
+
+def test_mixed_precision_train_step(phantom_root):
+    """The GPU precision (mixed_float16) also works on a CPU: float32 output, finite loss."""
+    runtime = T.resolve_runtime(T.TrainConfig(mixed_precision=True))
+    config = T.TrainConfig(data=str(phantom_root), patch_size=(16, 16), model={"depth": 1, "base_filters": 4})
+    before = keras.config.dtype_policy().name
+    model = T.build_model(config, 3, ["bg", "a", "b"], runtime)
+    assert keras.config.dtype_policy().name == before  # the global policy is restored
+    assert model.layers[1].dtype_policy.name == "mixed_float16"
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    out = model(np.zeros((1, 16, 16, 1), np.float32))
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 16, 16, 1)).astype(np.float32)
+    logs = model.train_on_batch(x, (x[..., 0] > 1).astype(np.int32), return_dict=True)
+    assert np.isfinite(logs["loss"])
+
+
+# ---------------------------------------------------------------- training runs
+
+
+class Capture(keras.callbacks.Callback):
+    """Keeps the weights at the end of training."""
+
+    def on_train_end(self, logs=None):
+        self.weights = [np.array(w) for w in self.model.weights]
+
+
+class Kill(keras.callbacks.Callback):
+    """Simulates a crash right after an epoch has been backed up."""
+
+    def __init__(self, after_epoch: int):
+        super().__init__()
+        self.after_epoch = after_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.after_epoch:
+            raise RuntimeError("simulated crash")
+
+
+def tiny_config(phantom_root, out_dir) -> T.TrainConfig:
+    return T.TrainConfig(data=str(phantom_root), dims=2, patch_size=(32, 32), max_cases=4,
+                         model={"depth": 2, "base_filters": 4}, learning_rate=1e-2, epochs=2,
+                         steps_per_epoch=3, batch_size=4, out_dir=str(out_dir))
+
+
+def _scalar_tags(folder: Path) -> set[str]:
+    """Tags of the TensorBoard scalars written in ``folder``."""
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    tags = set()
+    for path in folder.glob("events.out.tfevents.*"):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = event_pb2.Event.FromString(record.numpy())
+            tags |= {v.tag for v in event.summary.value if v.metadata.plugin_data.plugin_name == "scalars"}
+    return tags
+
+
+def test_train_resume_and_overwrite(phantom_root, tmp_path, capsys):
+    config = tiny_config(phantom_root, tmp_path / "full")
+    keep = Capture()
+    run = T.train(config, verbose=1, callbacks=[keep])
+    assert run == tmp_path / "full"
+    printed = capsys.readouterr().out
+    assert "Epoch 2/2" in printed and "val_dice_mean:" in printed  # Keras progress bar
+    assert {"config.json", "split.json", "model.keras", "history.csv", "summary.json", "logs"} <= set(
+        os.listdir(run))
+    assert not (run / "backup").exists()
+    assert T.TrainConfig.from_json(run / "config.json") == config
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["train"]) + len(split["val"]) == 4 and not set(split["train"]) & set(split["val"])
+    history = T.read_history(run / "history.csv")
+    assert [r["epoch"] for r in history] == [0, 1]
+    assert {"loss", "val_loss", "val_dice_Anterior", "val_dice_Posterior", "val_dice_mean",
+            "learning_rate"} <= set(history[0])
+    summary = json.loads((run / "summary.json").read_text())
+    best = max(history, key=lambda r: r["val_dice_mean"])
+    assert summary["best_val_dice_mean"] == pytest.approx(best["val_dice_mean"])
+    assert summary["best_epoch"] == best["epoch"] + 1
+    assert _scalar_tags(run / "logs" / "validation") >= {"epoch_dice_mean", "epoch_loss"}
+    assert "epoch_learning_rate" in _scalar_tags(run / "logs" / "train")
+    model = keras.saving.load_model(run / "model.keras", compile=False)
+    assert model.output_shape[-1] == 3
+
+    # a complete run is never overwritten silently
+    with pytest.raises(OverwriteError, match="complete"):
+        T.train(config, verbose=0)
+    assert (run / "summary.json").is_file()
+
+    # crash after epoch 1, then resume: same final weights as the uninterrupted run
+    resumed = config.replace(out_dir=str(tmp_path / "resumed"))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        T.train(resumed, verbose=0, callbacks=[Kill(after_epoch=0)])
+    folder = tmp_path / "resumed"
+    assert not (folder / "summary.json").exists() and (folder / "backup").is_dir()
+    with pytest.raises(OverwriteError, match="interrupted run with a different config"):
+        T.train(resumed.replace(learning_rate=0.5), verbose=0)
+    with pytest.raises(OverwriteError, match="resume=False"):
+        T.train(resumed, verbose=0, resume=False)
+    again = Capture()
+    capsys.readouterr()
+    T.train(resumed, verbose=2, callbacks=[again])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("device: ") and printed[1].startswith("resuming ")
+    assert len([line for line in printed if line.startswith("epoch ")]) == 1
+    assert printed[2].startswith("epoch 2/2") and "samples/s" in printed[2] and "val_dice_mean" in printed[2]
+    assert len(again.weights) == len(keep.weights)
+    for a, b in zip(keep.weights, again.weights):
+        assert np.allclose(a, b, rtol=1e-5, atol=1e-6)
+    history_b = T.read_history(folder / "history.csv")
+    assert [r["epoch"] for r in history_b] == [0, 1]
+    for row_a, row_b in zip(history, history_b):
+        assert row_b["loss"] == pytest.approx(row_a["loss"], rel=1e-5)
+        assert row_b["val_dice_mean"] == pytest.approx(row_a["val_dice_mean"], abs=1e-6)
+    assert json.loads((folder / "summary.json").read_text())["resumed_from_epoch"] == 1
+    assert not (folder / "backup").exists()
+
+
+def test_refuses_foreign_folder(phantom_root, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    with pytest.raises(OverwriteError, match="holds no run"):
+        T.train(tiny_config(phantom_root, folder), verbose=0)
+    assert (folder / "notes.txt").read_text() == "keep me"
+
+
+# ---------------------------------------------------------------- multi-worker
+
+
+def tiny_distributed_run(strategy, norm, loss, optimizer, global_batch=8):
+    """Train a tiny U-Net for 2 x 3 steps with the custom step; return weights and history."""
+    import tensorflow as tf
+
+    from medseg_tf.losses import dice_metrics, get_loss
+    from medseg_tf.models import unet
+
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = unet((None, None, 1), 3, depth=1, base_filters=4, norm=norm)
+        model.compile(optimizer=T.make_optimizer(optimizer, 0.05), loss=get_loss(loss),
+                      metrics=dice_metrics(["bg", "a", "b"]))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 16, 16, 1)).astype("float32")
+    y = (x[..., 0] > 0.7).astype("int32") + 2 * (x[..., 0] < -0.7).astype("int32")
+    train_ds = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(global_batch)
+    val_ds = tf.data.Dataset.from_tensor_slices((x[:8], y[:8])).batch(4)
+    history = T.fit_distributed(model, train_ds, strategy=strategy, epochs=2, steps_per_epoch=3,
+                                global_batch_size=global_batch, validation_data=val_ds)
+    return [np.array(w) for w in model.weights], history
+
+
+class SaveWeights(keras.callbacks.Callback):
+    """Saves all weights to ``path`` (.npz) at the end of training."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def on_train_end(self, logs=None):
+        np.savez(self.path, *[np.array(w) for w in self.model.weights])
+
+
+WORKER = textwrap.dedent("""
+    import sys
+    from medseg_tf import training as T
+    runtime = T.resolve_runtime()  # first: creates MultiWorkerMirroredStrategy from TF_CONFIG
+    assert runtime.strategy_name == "multi_worker" and runtime.num_replicas == 2, runtime.describe()
+    import numpy as np
+    phantom, out, index, tests = sys.argv[1:5]
+    sys.path.insert(0, tests)
+    from test_training import SaveWeights, tiny_config, tiny_distributed_run
+
+    # the whole trainer (U-Net with BatchNorm, Dice + CE, Adam), folder written by the chief
+    config = tiny_config(phantom, f"{out}/run").replace(batch_size=2)
+    T.train(config, verbose=2, callbacks=[SaveWeights(f"{out}/bn{index}.npz")])
+    # a plain SGD run, to compare with one process on the global batch
+    plain, _ = tiny_distributed_run(runtime.strategy, None, "ce", "sgd")
+    np.savez(f"{out}/plain{index}.npz", *plain)
+""")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multi_worker_custom_step(phantom_root, tmp_path):
+    """Two workers on 127.0.0.1 (MultiWorkerMirroredStrategy, custom step) end with identical weights."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    ports = [_free_port(), _free_port()]
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                     "task": {"type": "worker", "index": index}}
+        env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), TF_CPP_MIN_LOG_LEVEL="2",
+                   CUDA_VISIBLE_DEVICES="-1")
+        procs.append(subprocess.Popen(
+            [sys.executable, str(script), str(phantom_root), str(tmp_path), str(index),
+             str(Path(__file__).parent)],
+            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=240)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for proc, out in zip(procs, outputs):
+        assert proc.returncode == 0, out[-3000:]
+    epoch_lines = [[line for line in out.splitlines() if line.startswith("epoch ")] for out in outputs]
+    assert len(epoch_lines[0]) == 2 and "multi_worker (2 replicas)" in outputs[0]
+    # the chief wrote a complete run folder; both workers logged the same validation Dice
+    run = tmp_path / "run"
+    assert (run / "summary.json").is_file() and not (run / "backup").exists()
+    assert [r["epoch"] for r in T.read_history(run / "history.csv")] == [0, 1]
+    dice = [[line.split("val_dice_mean ")[1].split()[0] for line in lines] for lines in epoch_lines]
+    assert dice[0] == dice[1]
+    bn = [np.load(tmp_path / f"bn{i}.npz") for i in range(2)]
+    plain = [np.load(tmp_path / f"plain{i}.npz") for i in range(2)]
+    assert len(bn[0].files) > 10
+    for key in bn[0].files:  # trainable weights and BatchNorm statistics alike
+        assert np.array_equal(bn[0][key], bn[1][key]), key
+    for key in plain[0].files:
+        assert np.array_equal(plain[0][key], plain[1][key]), key
+
+    # together the two workers took the same SGD steps as one process on the global batch
+    import tensorflow as tf
+
+    single, history = tiny_distributed_run(tf.distribute.get_strategy(), None, "ce", "sgd")
+    for key, value in zip(plain[0].files, single):
+        assert np.allclose(plain[0][key], value, rtol=1e-4, atol=1e-6), key
+    assert np.all(np.isfinite(history["loss"]))
