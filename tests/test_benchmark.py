@@ -1,0 +1,170 @@
+"""Tests of medseg_tf.benchmark and benchmarks/train_speed.py (tiny models, few steps)."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from medseg_tf import benchmark
+from medseg_tf.errors import DataError
+
+ROOT = Path(__file__).resolve().parent.parent
+MEASURED = [c for c in benchmark.RESULT_COLUMNS if c not in ("date", "command")]
+
+
+def _status_file(tmp_path, rss_kib, hwm_kib):
+    path = tmp_path / "status"
+    path.write_text(f"Name:\tpython\nVmPeak:\t  999999 kB\nVmHWM:\t  {hwm_kib} kB\nVmRSS:\t  {rss_kib} kB\n")
+    return path
+
+
+def test_memory_read_from_proc_status(tmp_path):
+    path = _status_file(tmp_path, rss_kib=2048, hwm_kib=5120)
+    assert benchmark.current_rss_mb(path) == 2.0
+    assert benchmark.peak_rss_mb(path) == 5.0
+
+
+def test_peak_rss_falls_back_to_getrusage(tmp_path):
+    missing = tmp_path / "no_status"
+    assert benchmark.current_rss_mb(missing) is None
+    peak = benchmark.peak_rss_mb(missing)  # ru_maxrss: this process has imported TensorFlow
+    assert 50 < peak < 1e6
+    assert benchmark.reset_peak_rss(tmp_path / "no_dir" / "clear_refs") is False
+
+
+def test_reset_peak_rss_lowers_the_high_water_mark():
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("needs Linux /proc")
+    big = np.ones(40 * 2**20 // 8)  # 40 MiB, touched
+    big += 1
+    del big
+    before = benchmark.peak_rss_mb()
+    if not benchmark.reset_peak_rss():
+        pytest.skip("/proc/self/clear_refs not writable here")
+    after = benchmark.peak_rss_mb()
+    assert after <= before
+    assert after == pytest.approx(benchmark.current_rss_mb(), abs=8)
+    big = np.ones(40 * 2**20 // 8)
+    big += 1
+    assert benchmark.peak_rss_mb() >= after + 35  # the new allocation is seen
+
+
+def test_synthetic_batch_shapes_and_foreground():
+    x, y = benchmark.synthetic_batch(4, (32, 48), 3, foreground=0.1, seed=1)
+    assert x.shape == (4, 32, 48, 1) and x.dtype == np.float32
+    assert y.shape == (4, 32, 48) and y.dtype == np.int32
+    assert set(np.unique(y)) == {0, 1, 2}
+    assert np.mean(y > 0) == pytest.approx(0.1, abs=0.02)
+    x2, _ = benchmark.synthetic_batch(4, (32, 48), 3, foreground=0.1, seed=1)
+    np.testing.assert_array_equal(x, x2)
+    assert benchmark.synthetic_batch(2, (8, 8, 8), 2)[1].shape == (2, 8, 8, 8)
+    with pytest.raises(ValueError, match="num_classes"):
+        benchmark.synthetic_batch(2, (8, 8), 1)
+    with pytest.raises(ValueError, match="foreground"):
+        benchmark.synthetic_batch(2, (8, 8), 3, foreground=1.5)
+
+
+def test_measure_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="steps"):
+        benchmark.measure_training_speed(2, 4, (16, 16), steps=0)
+    with pytest.raises(ValueError, match="dims"):
+        benchmark.measure_training_speed(4, 4, (16, 16), steps=1)
+
+
+def test_measure_on_the_input_pipeline(phantom_root):
+    keras.utils.set_random_seed(0)
+    row = benchmark.measure_training_speed(3, 2, (16, 16, 16), steps=2, warmup_steps=1, data=str(phantom_root),
+                                           model={"depth": 2, "base_filters": 4}, max_cases=3,
+                                           target_spacing=(1.5, 1.5, 1.5), augment={"flips": False})
+    assert list(row) == MEASURED
+    assert row["data"] == phantom_root.name and row["dims"] == 3 and row["patch_size"] == "16x16x16"
+    assert row["model"] == "unet d2 f4"
+    assert row["device"].startswith("CPU") or "GPU" in row["device"] or "NVIDIA" in row["device"]
+    # the rate and the step time describe the same measurement
+    assert row["samples_per_s"] > 0
+    assert row["step_ms"] * row["samples_per_s"] / 1000 == pytest.approx(row["global_batch_size"])
+    assert row["warmup_s"] > 0
+    assert row["peak_rss_mb"] >= row["rss_before_mb"] - 1 > 0
+    if row["device"].startswith("CPU"):
+        assert row["precision"] == "float32" and row["jit"] is False
+        assert math.isnan(row["peak_device_mb"])
+
+
+def _rows():
+    return [{"device": "CPU (2 cores)", "dims": 2, "model": "unet d4 f16", "batch_size": 16, "global_batch_size": 16,
+             "patch_size": "48x64", "steps": 30, "precision": "float32", "jit": False, "strategy": "default",
+             "replicas": 1, "data": "phantom", "samples_per_s": 81.234567, "step_ms": 196.9653,
+             "warmup_s": 9.87, "peak_rss_mb": 1023.4, "rss_before_mb": 900.0, "peak_rss_reset": True,
+             "peak_device_mb": float("nan"), "load_avg": 2.5, "tensorflow": "2.21.0", "keras": "3.15.1"}]
+
+
+def test_results_round_trip(tmp_path):
+    path = tmp_path / "sub" / "results.csv"
+    benchmark.append_results(_rows(), path, command="python benchmarks/train_speed.py --dims 2")
+    second = dict(_rows()[0], device="NVIDIA H100", dims=3, peak_device_mb=2048.0, jit=True)
+    benchmark.append_results(second, path, command="python x.py")
+    assert path.read_text().count("device,dims") == 1  # one header
+    df = benchmark.read_results(path)
+    assert list(df.columns) == list(benchmark.RESULT_COLUMNS)
+    assert len(df) == 2
+    assert df["command"].tolist() == ["python benchmarks/train_speed.py --dims 2", "python x.py"]
+    assert df["samples_per_s"].iloc[0] == pytest.approx(81.2346)
+    assert math.isnan(df["peak_device_mb"].iloc[0]) and df["peak_device_mb"].iloc[1] == 2048.0
+    assert df["jit"].tolist() == [False, True]
+    assert df["date"].str.endswith("UTC").all()
+
+    table = benchmark.results_table(df)
+    assert table["samples_per_s"].tolist() == [81.2, 81.2]
+    assert table["step_ms"].tolist() == [197.0, 197.0]
+    assert "command" not in table.columns
+    assert list(benchmark.results_table(_rows()[0], columns=("device", "nope")).columns) == ["device"]
+
+
+def test_results_file_errors(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        benchmark.read_results(tmp_path / "missing.csv")
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match="missing column"):
+        benchmark.read_results(other)
+    with pytest.raises(DataError, match="columns"):
+        benchmark.append_results(_rows(), other)
+    with pytest.raises(ValueError, match="unknown result column"):
+        benchmark.append_results([dict(_rows()[0], speed=1)], tmp_path / "new.csv")
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("train_speed", ROOT / "benchmarks" / "train_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_measures_and_appends(tmp_path, capsys):
+    script = _load_script()
+    out = tmp_path / "results.csv"
+    argv = ["--dims", "2", "--batch-size", "4", "--patch-size", "16", "16", "--steps", "2", "--warmup-steps", "1",
+            "--synthetic", "--depth", "2", "--base-filters", "4", "--out", str(out)]
+    assert script.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "samples/s" in printed and "peak RSS" in printed and "appended 1 row" in printed
+    df = benchmark.read_results(out)
+    assert len(df) == 1
+    assert df["data"].iloc[0] == "synthetic" and df["patch_size"].iloc[0] == "16x16"
+    assert df["model"].iloc[0] == "unet d2 f4"
+    assert df["command"].iloc[0].startswith("python benchmarks/train_speed.py --dims 2")
+    assert df["samples_per_s"].iloc[0] > 0
+
+
+def test_script_argument_handling():
+    script = _load_script()
+    with pytest.raises(SystemExit):
+        script.parse_args(["--steps", "0"])
+    with pytest.raises(SystemExit):
+        script.parse_args(["--dims", "4"])
+    assert script._without(["--dims", "2", "3", "--steps", "5", "--out=x.csv", "--jit", "on"],
+                           ("--dims", "--out", "--jit")) == ["--steps", "5"]
