@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dims", type=int, choices=(2, 3), default=None, help="2D slices or 3D patches")
     p.add_argument("--epochs", type=int, help="number of epochs")
     p.add_argument("--steps-per-epoch", type=int, help="training batches per epoch")
-    p.add_argument("--batch-size", type=int, help="batch size (global, over all replicas)")
+    p.add_argument("--batch-size", type=int, help="batch size per replica (the global batch is this times the number of replicas)")
     p.add_argument("--patch-size", type=int, nargs="+", help="training crop in voxels (2 or 3 ints)")
     p.add_argument("--loss", help="dice, dice_ce, ce, focal or tversky")
     p.add_argument("--optimizer", help="adam, adamw, sgd or rmsprop")
