@@ -12,7 +12,11 @@ switching one transform off does not change the random draws of the others.
 What each transform does, in the order applied:
 
 1. **Flips** (``flips=True``): each spatial axis is mirrored with probability
-   0.5 (as nnU-Net's mirroring).
+   0.5 (as nnU-Net's mirroring). ``flips`` may instead list the spatial axes
+   to mirror, e.g. ``(0,)`` for left-right only in RAS data: mirror only along
+   axes where the mirrored anatomy is still plausible *and* the labels keep
+   their meaning (mirroring the anterior-posterior axis of a hippocampus swaps
+   its Anterior and Posterior parts).
 2. **Quarter turns** (``rot90=True``): a rotation by ``k * 90`` degrees,
    ``k`` uniform, in the plane of the first two spatial axes (the image plane
    in 2D; the axial ``(x, y)`` plane of an ``(x, y, z)`` volume in 3D). Turns
@@ -51,7 +55,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-__all__ = ["random_augment"]
+__all__ = ["flip_axes", "random_augment"]
 
 # Fixed sub-seed indices (one per random decision), see the module docstring.
 _FLIP = 10  # + spatial axis
@@ -90,6 +94,23 @@ def _check_range(name: str, value, *, positive: bool) -> tuple[float, float] | N
     if positive and low <= 0:
         raise ValueError(f"{name} must be positive, got {value!r}")
     return low, high
+
+
+def flip_axes(flips: bool | Sequence[int], ndim: int) -> tuple[int, ...]:
+    """Spatial axes mirrored by ``random_augment(..., flips=flips)`` for ``ndim`` spatial axes.
+
+    >>> flip_axes(True, 3), flip_axes(False, 3), flip_axes([0], 2)
+    ((0, 1, 2), (), (0,))
+    """
+    if isinstance(flips, bool):
+        return tuple(range(ndim)) if flips else ()
+    try:
+        axes = tuple(sorted({int(a) for a in flips}))
+    except (TypeError, ValueError):
+        raise ValueError(f"flips must be true, false or a list of spatial axes, got {flips!r}") from None
+    if any(a < 0 or a >= ndim for a in axes):
+        raise ValueError(f"flips={list(flips)}: spatial axes must be in 0..{ndim - 1}")
+    return axes
 
 
 def _rot90(x: tf.Tensor, k: tf.Tensor, quarter_turns: bool) -> tf.Tensor:
@@ -160,7 +181,7 @@ def random_augment(
     label,
     seed,
     *,
-    flips: bool = True,
+    flips: bool | Sequence[int] = True,
     rot90: bool = True,
     max_rotation_deg: float = 15.0,
     scale_range: Sequence[float] | None = (0.9, 1.1),
@@ -186,8 +207,10 @@ def random_augment(
         Shape ``(2,)`` int32/int64 seed of the stateless random ops. Same seed
         and inputs give the same output; in a ``tf.data`` pipeline derive it
         from a base seed and the element index (see :mod:`medseg_tf.pipeline`).
-    flips : bool
-        Mirror each spatial axis with probability 0.5.
+    flips : bool or sequence of int
+        Mirror each spatial axis with probability 0.5 (``True``), none
+        (``False``), or only the listed spatial axes (``0`` is the first
+        spatial axis, after any batch axis there is none here).
     rot90 : bool
         Turn by a random multiple of 90 degrees in the plane of the first two
         spatial axes (90/270 degrees only for statically square planes,
@@ -266,12 +289,11 @@ def random_augment(
         return fn(x), fn(y)
 
     # 1. flips
-    if flips:
-        for axis in range(rank - 1):
-            do = _happens(seed, _FLIP + axis, 0.5)
-            image, label = tf.cond(
-                do, lambda a=axis: both(lambda t: tf.reverse(t, [a]), image, label),
-                lambda: (image, label))
+    for axis in flip_axes(flips, rank - 1):
+        do = _happens(seed, _FLIP + axis, 0.5)
+        image, label = tf.cond(
+            do, lambda a=axis: both(lambda t: tf.reverse(t, [a]), image, label),
+            lambda: (image, label))
 
     # 2. quarter turns in the plane of axes 0 and 1
     if rot90:

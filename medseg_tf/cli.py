@@ -73,7 +73,7 @@ def _cmd_train(args) -> int:
     if args.no_augment:
         changes["augment"] = False
     model_changes = {k: v for k, v in {"depth": args.depth, "base_filters": args.base_filters,
-                                       "norm": args.norm}.items() if v is not None}
+                                       "max_filters": args.max_filters, "norm": args.norm}.items() if v is not None}
     if model_changes:
         changes["model"] = {**config.model, **model_changes}
     if changes:
@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, help="share of cases held out for validation")
     p.add_argument("--depth", type=int, help="U-Net depth (number of poolings)")
     p.add_argument("--base-filters", type=int, help="filters of the first level")
+    p.add_argument("--max-filters", type=int, help="cap on the filters of any level (default: no cap)")
     p.add_argument("--norm", choices=("batch", "instance", "group"), help="normalisation layer")
     p.add_argument("--no-augment", action="store_true", help="no data augmentation")
     p.add_argument("--out", type=Path, help="run folder (default runs/<data>_<dims>d)")

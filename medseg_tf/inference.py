@@ -68,6 +68,7 @@ import keras
 import numpy as np
 
 from medseg_tf import io, preprocessing
+from medseg_tf.augment import flip_axes
 from medseg_tf.errors import DataError, OverwriteError
 from medseg_tf.postprocessing import keep_largest_component
 
@@ -330,17 +331,30 @@ def predict_volume(model, image: np.ndarray, *, dims: int, axis: int = 2,
 
 
 def tta_axes_from_config(config: Mapping) -> tuple[int, ...]:
-    """Axes that flip test-time augmentation may mirror for a model trained with ``config``.
+    """Volume axes that flip test-time augmentation may mirror for a model trained with ``config``.
 
-    ``config["tta_axes"]`` if given; otherwise all three axes when training used
-    flip augmentation (``augment`` true, or a dict without ``"flips": false``),
-    and none when it did not.
+    ``config["tta_axes"]`` if given. Otherwise the axes that training mirrored
+    (``augment`` true, or a dict whose ``"flips"`` is true, missing, or a list of
+    spatial axes of the training patch): for a 3D model the patch axes are the
+    volume axes; for a 2D model they are the in-plane axes of the slice, i.e. the
+    volume axes other than ``slice_axis``, in order (mirroring the through-plane
+    axis changes nothing for a 2D model, so it is never used). None when
+    training did not mirror.
+
+    Returns
+    -------
+    tuple of int
+        Axes of the ``(x, y, z)`` volume, sorted.
     """
     if config.get("tta_axes") is not None:
         return tuple(int(a) for a in config["tta_axes"])
     augment = config.get("augment", True)
     flips = augment.get("flips", True) if isinstance(augment, Mapping) else bool(augment)
-    return (0, 1, 2) if flips else ()
+    dims = int(config.get("dims", 3))
+    if dims == 3:
+        return flip_axes(flips, 3)
+    in_plane = [a for a in range(3) if a != int(config.get("slice_axis", 2))]
+    return tuple(sorted(in_plane[a] for a in flip_axes(flips, 2)))
 
 
 def _divisor(config: Mapping) -> int:

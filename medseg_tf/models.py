@@ -117,11 +117,11 @@ def unet(input_shape: Sequence[int | None] = (None, None, 1), num_classes: int =
          depth: int = 4, base_filters: int = 16, kernel_size: int = 3, norm: str | None = "batch",
          activation: str = "relu", residual: bool = False, attention: bool = False,
          deep_supervision: bool = False, dropout: float = 0.0, head: str | None = "softmax",
-         skips: bool = True, name: str = "unet") -> keras.Model:
+         skips: bool = True, max_filters: int | None = None, name: str = "unet") -> keras.Model:
     """Build a 2D or 3D U-Net (Ronneberger et al. 2015; 3D: Cicek et al. 2016).
 
     Encoder level ``l`` (``l = 0 .. depth-1``) applies two ``kernel_size``
-    convolutions with ``base_filters * 2**l`` filters (each followed by ``norm``
+    convolutions with ``base_filters * 2**l`` filters (at most ``max_filters``) (each followed by ``norm``
     and ``activation``) and keeps the result as a skip tensor, then halves every
     spatial size with 2x max pooling. The bottleneck has ``base_filters *
     2**depth`` filters. Decoder level ``l`` doubles the size with a stride-2
@@ -161,6 +161,11 @@ def unet(input_shape: Sequence[int | None] = (None, None, 1), num_classes: int =
     skips : bool
         ``False`` drops the skip connections (an encoder-decoder without skips),
         used in the course to show what skips are for.
+    max_filters : int or None
+        Cap on the filters of any level (``None``: no cap). nnU-Net caps at 320
+        (3D) / 512 (2D): most parameters sit in the coarsest levels, where the
+        feature maps are only a few voxels wide, so a cap shrinks the model a
+        lot for little cost in accuracy or speed.
     name : str
         Model name.
 
@@ -190,6 +195,8 @@ def unet(input_shape: Sequence[int | None] = (None, None, 1), num_classes: int =
         raise ValueError(f"depth must be a positive integer, got {depth!r}")
     if base_filters < 1 or num_classes < 1:
         raise ValueError("base_filters and num_classes must be positive")
+    if max_filters is not None and max_filters < 1:
+        raise ValueError(f"max_filters must be a positive integer or None, got {max_filters!r}")
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
     if not 0.0 <= dropout < 1.0:
@@ -208,18 +215,23 @@ def unet(input_shape: Sequence[int | None] = (None, None, 1), num_classes: int =
 
     block = dict(ndim=ndim, kernel_size=kernel_size, norm=norm, activation=activation,
                  residual=residual, dropout=dropout)
+
+    def width(level: int) -> int:
+        filters = base_filters * 2 ** level
+        return filters if max_filters is None else min(filters, int(max_filters))
+
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
     skip_tensors = []
     for level in range(depth):
-        x = _conv_block(x, base_filters * 2 ** level, name=f"enc{level}", **block)
+        x = _conv_block(x, width(level), name=f"enc{level}", **block)
         skip_tensors.append(x)
         x = MaxPool(2, name=f"down{level}")(x)
-    x = _conv_block(x, base_filters * 2 ** depth, name="bottleneck", **block)
+    x = _conv_block(x, width(depth), name="bottleneck", **block)
 
     decoder_outputs = {}
     for level in reversed(range(depth)):
-        filters = base_filters * 2 ** level
+        filters = width(level)
         x = ConvT(filters, 2, strides=2, name=f"up{level}")(x)
         if skips:
             skip = skip_tensors[level]

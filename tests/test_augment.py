@@ -180,3 +180,32 @@ def test_bad_arguments_raise(kwargs, label_fn, match):
 def test_bad_image_rank_raises():
     with pytest.raises(ValueError, match="image must have shape"):
         random_augment(np.zeros((8, 8), np.float32), np.zeros((8,), np.int32), [0, 0])
+
+
+def test_flips_along_listed_axes_only():
+    """flips=[0] mirrors axis 0 for some seeds and never touches axes 1 and 2."""
+    image = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6, 1)
+    label = (image[..., 0] % 3).astype(np.int32)
+    seen = set()
+    for s in range(12):
+        out, lab = random_augment(image, label, [s, 1], flips=[0], rot90=False, **NO_AFFINE,
+                                  **NO_INTENSITY)
+        out = out.numpy()
+        if np.array_equal(out, image):
+            seen.add("identity")
+        else:
+            np.testing.assert_array_equal(out, image[::-1])
+            np.testing.assert_array_equal(lab.numpy(), label[::-1])
+            seen.add("x")
+    assert seen == {"identity", "x"}
+
+
+def test_flip_axes_validation():
+    from medseg_tf.augment import flip_axes
+
+    assert flip_axes(True, 2) == (0, 1)
+    assert flip_axes([2, 0, 0], 3) == (0, 2)
+    with pytest.raises(ValueError, match="spatial axes must be in 0..1"):
+        flip_axes([2], 2)
+    with pytest.raises(ValueError, match="list of spatial axes"):
+        flip_axes("x", 3)

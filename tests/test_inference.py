@@ -301,6 +301,13 @@ def test_tta_axes_follow_training_augmentation():
     assert inference.tta_axes_from_config({"augment": {"gamma_range": None}}) == (0, 1, 2)
     assert inference.tta_axes_from_config({"augment": {"flips": False}}) == ()
     assert inference.tta_axes_from_config({"augment": False, "tta_axes": [0]}) == (0,)
+    # a list of patch axes: left-right (x) only
+    assert inference.tta_axes_from_config({"dims": 3, "augment": {"flips": [0]}}) == (0,)
+    # 2D: slice axes map to the in-plane volume axes; the through-plane axis is never mirrored
+    assert inference.tta_axes_from_config({"dims": 2, "slice_axis": 2, "augment": True}) == (0, 1)
+    assert inference.tta_axes_from_config({"dims": 2, "slice_axis": 2, "augment": {"flips": [0]}}) == (0,)
+    assert inference.tta_axes_from_config({"dims": 2, "slice_axis": 0, "augment": {"flips": [1]}}) == (2,)
+    assert inference.tta_axes_from_config({"dims": 2, "slice_axis": 1, "augment": {"flips": [0, 1]}}) == (0, 2)
 
 
 def test_predict_case_refuses_tta_for_a_model_trained_without_flips(tmp_path):

@@ -60,7 +60,8 @@ def test_known_size_must_divide():
 
 
 @pytest.mark.parametrize("kwargs", [dict(norm="layer"), dict(head="relu"), dict(kernel_size=4), dict(depth=0),
-                                    dict(dropout=1.0), dict(skips=False, deep_supervision=True)])
+                                    dict(dropout=1.0), dict(skips=False, deep_supervision=True),
+                                    dict(max_filters=0)])
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         models.unet((None, None, 1), **kwargs)
@@ -105,7 +106,7 @@ def test_structure_of_options():
 
 
 # --------------------------------------------------------------------------- parameter counts
-def expected_unet_params(ndim, cin, ncls, depth, base, k, norm, residual=False):
+def expected_unet_params(ndim, cin, ncls, depth, base, k, norm, residual=False, cap=None):
     """Hand count: conv k^d*cin*cout (+cout bias, only without norm); BN 4c; GroupNorm 2c."""
 
     def conv(ci, co, ks, bias):
@@ -120,12 +121,15 @@ def expected_unet_params(ndim, cin, ncls, depth, base, k, norm, residual=False):
             n += conv(ci, co, 1, norm is None) + normp(co)
         return n
 
+    def width(level):
+        return base * 2 ** level if cap is None else min(base * 2 ** level, cap)
+
     total, c = 0, cin
     for level in range(depth + 1):  # encoder levels and the bottleneck
-        f = base * 2 ** level
+        f = width(level)
         total, c = total + block(c, f), f
     for level in reversed(range(depth)):
-        f = base * 2 ** level
+        f = width(level)
         total += conv(c, f, 2, True)  # transposed conv, kernel 2, with bias
         total, c = total + block(2 * f, f), f  # after concatenating the skip
     return total + conv(c, ncls, 1, True)  # 1x1 head
@@ -142,6 +146,14 @@ def test_parameter_count_matches_formula(ndim, cin, ncls, depth, base, k, norm, 
     model = models.unet((None,) * ndim + (cin,), ncls, depth=depth, base_filters=base, kernel_size=k,
                         norm=norm, residual=residual)
     assert model.count_params() == expected_unet_params(ndim, cin, ncls, depth, base, k, norm, residual)
+
+
+@pytest.mark.parametrize("ndim,depth,base,cap", [(2, 3, 4, 8), (3, 4, 16, 64), (3, 2, 4, 100)])
+def test_max_filters_caps_every_level(ndim, depth, base, cap):
+    model = models.unet((None,) * ndim + (1,), 3, depth=depth, base_filters=base, max_filters=cap)
+    assert model.count_params() == expected_unet_params(ndim, 1, 3, depth, base, 3, "batch", cap=cap)
+    widths = [layer.filters for layer in model.layers if hasattr(layer, "filters")]
+    assert max(widths) == min(cap, base * 2 ** depth)
 
 
 def test_small_unet_by_hand():
