@@ -47,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="a fixed random batch instead of --data: the device speed alone")
     p.add_argument("--depth", type=int, help="U-Net depth (default: from the config)")
     p.add_argument("--base-filters", type=int, help="filters of the first level (default: from the config)")
+    p.add_argument("--max-filters", type=int, help="cap on the filters of any level (default: from the config)")
     p.add_argument("--mixed-precision", nargs="+", choices=tuple(SWITCH), default=["auto"],
                    help="mixed_float16: auto (on with a GPU), on, off")
     p.add_argument("--jit", nargs="+", choices=tuple(SWITCH), default=["auto"],
@@ -78,6 +79,8 @@ def measure_one(args, dims: int, mixed: str, jit: str) -> dict:
         model["depth"] = args.depth
     if args.base_filters is not None:
         model["base_filters"] = args.base_filters
+    if args.max_filters is not None:
+        model["max_filters"] = args.max_filters
     patch = args.patch_size if args.patch_size and len(args.patch_size) == dims else defaults.get("patch_size")
     return measure_training_speed(
         dims, args.batch_size or defaults.get("batch_size", 16 if dims == 2 else 2), patch, args.steps,
