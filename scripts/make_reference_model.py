@@ -51,6 +51,21 @@ def _machine() -> str:
             f"TensorFlow {tf.__version__}")
 
 
+def _augmentation_text(augment) -> str:
+    """Every ``random_augment`` argument in effect: the config's values over the function's defaults."""
+    import inspect
+
+    from medseg_tf.augment import random_augment
+
+    if augment is False:
+        return "none"
+    params = inspect.signature(random_augment).parameters
+    values = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    if isinstance(augment, dict):
+        values.update(augment)
+    return json.dumps(values)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="finished run folder (with summary.json)")
@@ -108,6 +123,7 @@ def main(argv=None) -> int:
                         f"{get('dice', 'median'):.4f} | {get('hd95', 'mean'):.2f} ± {get('hd95', 'std'):.2f} | "
                         f"{get('assd', 'mean'):.3f} | {get('nsd', 'mean'):.4f} |")
     size_mb = (dest / "model.keras").stat().st_size / 1e6
+    augment_text = _augmentation_text(config.augment)
     card = f"""# Reference model: {dest.name}
 
 A {config.dims}D U-Net ({', '.join(f'{k}={v}' for k, v in config.model.items())}; {model.count_params():,}
@@ -123,7 +139,7 @@ parameters, `model.keras` {size_mb:.1f} MB) trained with `medseg_tf` on MSD Task
 ## Training
 - Config: `config.json` (loss {config.loss}, optimizer {config.optimizer}, lr {config.learning_rate},
   schedule {config.schedule}, {config.epochs} epochs x {config.steps_per_epoch} steps, batch {config.batch_size},
-  patch {list(config.patch_size)}, augmentation {json.dumps(config.augment)}).
+  patch {list(config.patch_size)}, augmentation: {augment_text}).
 - Command: `MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python -m medseg_tf train --config
   configs/{dest.name}.json --out {run.resolve().name}` then
   `python scripts/make_reference_model.py runs/{run.resolve().name} --dest {dest}`.
