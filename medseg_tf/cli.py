@@ -66,6 +66,7 @@ def _cmd_train(args) -> int:
         "patch_size": tuple(args.patch_size) if args.patch_size else None, "loss": args.loss,
         "optimizer": args.optimizer, "learning_rate": args.lr, "schedule": args.schedule, "seed": args.seed,
         "max_cases": args.max_cases, "val_fraction": args.val_fraction,
+        "context_slices": args.context_slices,
         "out_dir": str(args.out) if args.out else None,
     }.items() if v is not None}
     if args.dims and args.dims != config.dims and not args.patch_size:
@@ -157,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="TrainConfig JSON file (see configs/)")
     p.add_argument("--data", help="MSD folder, or 'phantom' / 'hippocampus' for the course data sets")
     p.add_argument("--dims", type=int, choices=(2, 3), default=None, help="2D slices or 3D patches")
+    p.add_argument("--context-slices", type=int,
+                   help="2D only: neighbouring slices on each side given as extra channels (2.5D; default 0)")
     p.add_argument("--epochs", type=int, help="number of epochs")
     p.add_argument("--steps-per-epoch", type=int, help="training batches per epoch")
     p.add_argument("--batch-size", type=int, help="batch size per replica (the global batch is this times the number of replicas)")

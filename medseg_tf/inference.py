@@ -241,7 +241,7 @@ def predict_volume(model, image: np.ndarray, *, dims: int, axis: int = 2,
                    patch_size: Sequence[int] | None = None, overlap: float = 0.5,
                    batch_size: int = 16, tta: bool = False, divisor: int = 16,
                    from_logits: bool = False, tta_axes: Sequence[int] = (0, 1, 2),
-                   pad_value: float | str = "min") -> np.ndarray:
+                   pad_value: float | str = "min", context: int = 0) -> np.ndarray:
     """Class probabilities of every voxel of a volume.
 
     Parameters
@@ -286,6 +286,11 @@ def predict_volume(model, image: np.ndarray, *, dims: int, axis: int = 2,
         the model sees the same border at inference as in training.
     from_logits : bool
         The model outputs logits; apply softmax (sigmoid for 1 channel).
+    context : int
+        For ``dims=2``: a "2.5D" model trained with ``context`` neighbouring
+        slices on each side as channels (config ``context_slices``); ``image``
+        then has one channel and the neighbours are stacked here, after any
+        test-time flip (see :func:`medseg_tf.preprocessing.stack_neighbour_slices`).
 
     Returns
     -------
@@ -301,10 +306,15 @@ def predict_volume(model, image: np.ndarray, *, dims: int, axis: int = 2,
         raise ValueError(f"dims must be 2 or 3, got {dims!r}")
     if int(divisor) < 1:
         raise ValueError(f"divisor must be >= 1, got {divisor}")
+    if int(context) != context or context < 0 or (context and dims != 2):
+        raise ValueError(f"context must be a non-negative integer, and 0 unless dims=2; got {context!r}")
+    if context and image.shape[-1] != 1:
+        raise ValueError(f"a 2.5D model (context={context}) needs a one-channel image, got shape {image.shape}")
+    channels = 2 * int(context) + 1 if context else image.shape[-1]
     expected = getattr(model, "input_shape", None)
-    if isinstance(expected, tuple) and expected and expected[-1] not in (None, image.shape[-1]):
-        raise ValueError(f"the model expects {expected[-1]} input channel(s), the image has "
-                         f"{image.shape[-1]}")
+    if isinstance(expected, tuple) and expected and expected[-1] not in (None, channels):
+        raise ValueError(f"the model expects {expected[-1]} input channel(s), the image gives "
+                         f"{channels}" + (f" ({2 * int(context) + 1} with context={context})" if context else ""))
     fill = float(image.min()) if isinstance(pad_value, str) and pad_value == "min" else float(pad_value)
     if dims == 2:
         if axis not in (0, 1, 2, -1, -2, -3):
@@ -312,16 +322,18 @@ def predict_volume(model, image: np.ndarray, *, dims: int, axis: int = 2,
         axis %= 3
 
         def once(x):
+            if context:
+                x = preprocessing.stack_neighbour_slices(x, axis, int(context))
             return _predict_2d(model, x, axis, batch_size, int(divisor), from_logits, fill)
     else:
         def once(x):
             return _predict_3d(model, x, patch_size, overlap, batch_size, int(divisor), from_logits, fill)
-    flip_axes = sorted({int(a) % 3 for a in tta_axes})
+    mirror_axes = sorted({int(a) % 3 for a in tta_axes})
 
     if not tta:
         return once(image)
     total = None
-    flips = _flip_sets(flip_axes)
+    flips = _flip_sets(mirror_axes)
     for flip in flips:
         x = np.flip(image, flip) if flip else image
         p = once(np.ascontiguousarray(x))
@@ -404,7 +416,8 @@ def _predict_loaded(model, vol: io.Volume, config: Mapping, *, tta: bool, lcc: b
         model, image, dims=int(config["dims"]), axis=int(config.get("slice_axis", 2)),
         patch_size=config.get("patch_size"), overlap=float(config.get("overlap", 0.5)),
         batch_size=batch_size, tta=tta, divisor=_divisor(config),
-        from_logits=bool(config.get("from_logits", False)), tta_axes=tta_axes)
+        from_logits=bool(config.get("from_logits", False)), tta_axes=tta_axes,
+        context=int(config.get("context_slices", 0) or 0))
     if target is not None:
         probs = preprocessing.resample_to_spacing(probs, target, spacing, order=1,
                                                   shape=data.shape[:3])

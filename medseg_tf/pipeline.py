@@ -54,6 +54,7 @@ import numpy as np
 import tensorflow as tf
 
 from medseg_tf.augment import random_augment
+from medseg_tf.preprocessing import neighbour_slice_indices
 
 __all__ = ["slice_dataset", "patch_dataset", "volume_slices"]
 
@@ -226,8 +227,8 @@ def _slice_of(array: np.ndarray, axis: int, index: int) -> np.ndarray:
 
 def _slice_sampler(volumes: _Volumes, axis: int, patch: tuple[int, int], *, training: bool,
                    seed: int, foreground_fraction: float, epochs: int | None,
-                   cache: bool) -> Callable[[], Iterator]:
-    """Generator function of (image (ph, pw, 1) float32, label (ph, pw) int32) slices."""
+                   cache: bool, context: int = 0) -> Callable[[], Iterator]:
+    """Generator function of (image (ph, pw, 2*context+1) float32, label (ph, pw) int32) slices."""
     items = [(v, s) for v in range(len(volumes))
              for s in range(volumes.images[v].shape[axis])]
 
@@ -246,13 +247,15 @@ def _slice_sampler(volumes: _Volumes, axis: int, patch: tuple[int, int], *, trai
 
     def sample(v: int, s: int, rng: np.random.Generator | None, forced: bool):
         image, label = volumes.get(v)
-        image2d, label2d = _slice_of(image, axis, s), _slice_of(label, axis, s)
+        label2d = _slice_of(label, axis, s)
+        image2d = np.stack([_slice_of(image, axis, int(k))  # (H, W, 2*context+1), neighbours as channels
+                            for k in neighbour_slice_indices(s, image.shape[axis], context)], axis=-1)
         if rng is None:
-            start = _centre_start(image2d.shape, patch)
+            start = _centre_start(label2d.shape, patch)
         else:
             fg = foreground(v, s, label2d) if forced else None
-            start = _crop_start(image2d.shape, patch, rng, fg)
-        return (_crop(image2d, start, patch)[..., np.newaxis].astype(np.float32),
+            start = _crop_start(label2d.shape, patch, rng, fg)
+        return (_crop(image2d, start, patch).astype(np.float32),
                 _crop(label2d, start, patch).astype(np.int32))
 
     if not training:
@@ -336,8 +339,9 @@ def _augment_fn(augment) -> Callable | None:
 
 
 def _assemble(generator: Callable[[], Iterator], patch: tuple[int, ...], *, training: bool,
-              seed: int, augment, batch_size: int, cache: bool, repeat) -> tf.data.Dataset:
-    spec = (tf.TensorSpec(patch + (1,), tf.float32), tf.TensorSpec(patch, tf.int32))
+              seed: int, augment, batch_size: int, cache: bool, repeat,
+              channels: int = 1) -> tf.data.Dataset:
+    spec = (tf.TensorSpec(patch + (channels,), tf.float32), tf.TensorSpec(patch, tf.int32))
     ds = tf.data.Dataset.from_generator(generator, output_signature=spec)
     if training:
         fn = _augment_fn(augment)
@@ -375,6 +379,7 @@ def slice_dataset(
     foreground_fraction: float = 0.5,
     cache: bool = True,
     repeat: int | None = None,
+    context: int = 0,
 ) -> tf.data.Dataset:
     """Batches of 2D slices (and their labels) for training a 2D network.
 
@@ -415,27 +420,34 @@ def slice_dataset(
         Number of passes. None: forever when training (use
         ``steps_per_epoch``), once otherwise. One training pass has
         ``n_slices // batch_size`` batches.
+    context : int
+        "2.5D" input: also give the model the ``context`` neighbouring slices on
+        each side, as channels (edge slices repeated at the ends, see
+        :func:`medseg_tf.preprocessing.stack_neighbour_slices`); the label is
+        that of the middle slice. ``0``: one slice, one channel.
 
     Returns
     -------
     tf.data.Dataset
-        Elements ``(x, y)``: ``x`` float32 ``(B, ph, pw, 1)``, ``y`` int32
-        ``(B, ph, pw)``.
+        Elements ``(x, y)``: ``x`` float32 ``(B, ph, pw, 2 * context + 1)``,
+        ``y`` int32 ``(B, ph, pw)``.
     """
     images, labels = _check_volumes(images, labels)
     patch = _check_common(patch_size, 2, batch_size, foreground_fraction, repeat)
     if not -3 <= int(axis) <= 2:
         raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
     axis = int(axis) % 3
+    if int(context) != context or context < 0:
+        raise ValueError(f"context must be a non-negative integer, got {context!r}")
     pad: list[int | None] = list(patch)
     pad.insert(axis, None)
     volumes = _Volumes(images, labels, pad, cache)
     epochs = None if repeat is None else int(repeat)
     generator = _slice_sampler(volumes, axis, patch, training=training, seed=int(seed),
                                foreground_fraction=float(foreground_fraction),
-                               epochs=epochs, cache=cache)
+                               epochs=epochs, cache=cache, context=int(context))
     return _assemble(generator, patch, training=training, seed=seed, augment=augment,
-                     batch_size=batch_size, cache=cache, repeat=repeat)
+                     batch_size=batch_size, cache=cache, repeat=repeat, channels=2 * int(context) + 1)
 
 
 def patch_dataset(

@@ -22,7 +22,7 @@ from scipy import ndimage
 
 __all__ = ["zscore", "clip_percentiles", "ct_window", "resample_to_spacing", "resample_image",
            "resample_label", "pad_to_multiple", "pad_to_shape", "unpad", "crop_to_foreground",
-           "foreground_bbox", "normalize"]
+           "foreground_bbox", "normalize", "neighbour_slice_indices", "stack_neighbour_slices"]
 
 
 def zscore(image: np.ndarray, mask: np.ndarray | None = None, *, eps: float = 1e-8) -> np.ndarray:
@@ -199,3 +199,51 @@ def crop_to_foreground(image: np.ndarray, label: np.ndarray, margin: int | Seque
         raise ValueError(f"image shape {np.shape(image)} and label shape {np.shape(label)} differ")
     box = foreground_bbox(label, margin)
     return image[box], label[box], box
+
+
+def neighbour_slice_indices(index: int, n: int, context: int) -> np.ndarray:
+    """Indices ``index - context .. index + context`` clamped to ``0 .. n - 1``.
+
+    The slices a "2.5D" model sees for slice ``index`` of a stack of ``n``: at the
+    first and last slices the edge slice is repeated (no zero slices, which
+    would look like an image border the model never sees elsewhere).
+
+    >>> neighbour_slice_indices(0, 5, 1).tolist(), neighbour_slice_indices(2, 5, 2).tolist()
+    ([0, 0, 1], [0, 1, 2, 3, 4])
+    """
+    if context < 0 or n < 1:
+        raise ValueError(f"context must be >= 0 and n >= 1, got context={context}, n={n}")
+    return np.clip(np.arange(index - context, index + context + 1), 0, n - 1)
+
+
+def stack_neighbour_slices(image: np.ndarray, axis: int, context: int) -> np.ndarray:
+    """Give every voxel the values of its ``context`` neighbouring slices as channels ("2.5D" input).
+
+    Parameters
+    ----------
+    image : np.ndarray
+        Volume ``(X, Y, Z)`` or ``(X, Y, Z, 1)``.
+    axis : int
+        The slicing axis of the 2D model (0, 1 or 2).
+    context : int
+        Neighbours on each side (``0``: the slice alone).
+
+    Returns
+    -------
+    np.ndarray
+        ``(X, Y, Z, 2 * context + 1)``, same dtype: channel ``c`` of slice ``i``
+        is slice ``clip(i + c - context)`` (see :func:`neighbour_slice_indices`),
+        so the middle channel is the image itself.
+    """
+    image = np.asarray(image)
+    if image.ndim == 4 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim != 3:
+        raise ValueError(f"image must be (X, Y, Z) or (X, Y, Z, 1), got shape {image.shape}")
+    if int(context) != context or context < 0:
+        raise ValueError(f"context must be a non-negative integer, got {context!r}")
+    axis = int(axis) % 3
+    n = image.shape[axis]
+    channels = [np.take(image, np.clip(np.arange(n) + offset, 0, n - 1), axis=axis)
+                for offset in range(-int(context), int(context) + 1)]
+    return np.stack(channels, axis=-1)

@@ -133,6 +133,10 @@ class TrainConfig:
         2 (slices, 2D U-Net) or 3 (patches, 3D U-Net).
     slice_axis : int
         Axis (0, 1, 2 of the RAS volume) the 2D slices are taken along.
+    context_slices : int
+        2D only: "2.5D" input with this many neighbouring slices on each side
+        as extra channels (the model gets ``2 * context_slices + 1`` input
+        channels and predicts the middle slice); 0: one slice.
     patch_size : tuple of int or None
         Training crop in voxels: 2 ints for 2D, 3 for 3D, each divisible by
         ``2**depth`` of the model. None: ``(64, 64)`` / ``(48, 64, 48)``.
@@ -177,6 +181,7 @@ class TrainConfig:
     data: str = "phantom"
     dims: int = 2
     slice_axis: int = 2
+    context_slices: int = 0
     patch_size: tuple[int, ...] | None = None
     target_spacing: tuple[float, float, float] | None = None
     model: dict = field(default_factory=dict)
@@ -204,6 +209,10 @@ class TrainConfig:
         self.slice_axis = _as_int("slice_axis", self.slice_axis)
         if self.slice_axis not in (0, 1, 2):
             raise ValueError(f"slice_axis must be 0, 1 or 2, got {self.slice_axis}")
+        self.context_slices = _as_int("context_slices", self.context_slices)
+        if self.context_slices < 0 or (self.context_slices and self.dims != 2):
+            raise ValueError(f"context_slices must be >= 0, and 0 unless dims=2; got {self.context_slices} "
+                             f"with dims={self.dims}")
         if self.patch_size is None:
             self.patch_size = _DEFAULT_PATCH[self.dims]
         self.patch_size = tuple(_as_int("patch_size", s) for s in self.patch_size)
@@ -658,9 +667,10 @@ def make_datasets(config: TrainConfig, train_volumes, val_volumes, *, global_bat
         train_ds = slice_dataset(*train_volumes, axis=config.slice_axis, patch_size=config.patch_size,
                                  batch_size=global_batch_size, training=True,
                                  augment=config.augment, foreground_fraction=config.foreground_fraction,
-                                 **common)
+                                 context=config.context_slices, **common)
         val_ds = slice_dataset(*val_volumes, axis=config.slice_axis, patch_size=val_patch,
-                               batch_size=global_batch_size, training=False, augment=False, **common)
+                               batch_size=global_batch_size, training=False, augment=False,
+                               context=config.context_slices, **common)
     else:
         train_ds = patch_dataset(*train_volumes, patch_size=config.patch_size,
                                  batch_size=global_batch_size, training=True, augment=config.augment,
@@ -681,7 +691,8 @@ def build_model(config: TrainConfig, num_classes: int, class_names: Sequence[str
                 runtime: Runtime) -> keras.Model:
     """The compiled U-Net of ``config``, built in the runtime's strategy scope and precision.
 
-    Input ``(None,)*dims + (1,)`` (any size divisible by ``2**depth``), output
+    Input ``(None,)*dims + (channels,)`` (any size divisible by ``2**depth``;
+    one channel, or ``2 * context_slices + 1`` for a 2.5D model), output
     float32 probabilities; compiled with the configured loss, optimizer and
     schedule, and the Dice metrics of :func:`medseg_tf.losses.dice_metrics`.
     """
@@ -696,7 +707,8 @@ def build_model(config: TrainConfig, num_classes: int, class_names: Sequence[str
                        steps_per_epoch=config.steps_per_epoch)
     with runtime.strategy.scope():
         with _dtype_policy(runtime.mixed_precision):
-            model = unet((None,) * config.dims + (1,), num_classes, **config.model)
+            channels = 2 * config.context_slices + 1
+            model = unet((None,) * config.dims + (channels,), num_classes, **config.model)
         model.compile(optimizer=make_optimizer(config.optimizer, lr),
                       loss=get_loss(loss_name, **loss_kwargs),
                       metrics=dice_metrics(class_names),

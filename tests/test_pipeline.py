@@ -169,6 +169,30 @@ def test_validation_is_deterministic_unaugmented_centre_crop():
     np.testing.assert_array_equal(y, expected_y)
 
 
+def test_context_slices_give_neighbours_as_channels():
+    """2.5D: channel c of slice i is slice clip(i + c - k); the label is the middle slice's."""
+    from medseg_tf.preprocessing import stack_neighbour_slices
+
+    images, labels = _volumes(n=2)
+    patch = (24, 32)
+    plain = _take(slice_dataset(images, labels, patch_size=patch, batch_size=5, training=False), 100)
+    ctx = _take(slice_dataset(images, labels, patch_size=patch, batch_size=5, training=False, context=1), 100)
+    x = np.concatenate([b[0] for b in ctx])
+    assert x.shape[-1] == 3
+    np.testing.assert_array_equal(x[..., 1:2], np.concatenate([b[0] for b in plain]))
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in ctx]), np.concatenate([b[1] for b in plain]))
+    expected = np.concatenate([
+        np.stack([_centre_crop_pad(np.moveaxis(stack_neighbour_slices(im, 2, 1)[..., c], 2, 0)[i], patch,
+                                   im.min()) for c in range(3)], axis=-1)[None]
+        for im in images for i in range(im.shape[2])])
+    np.testing.assert_array_equal(x, expected)
+    train = slice_dataset(images, labels, patch_size=patch, batch_size=4, context=2)
+    xb, yb = next(iter(train))
+    assert xb.shape == (4, *patch, 5) and yb.shape == (4, *patch)
+    with pytest.raises(ValueError, match="context"):
+        slice_dataset(images, labels, patch_size=patch, context=-1)
+
+
 def test_volume_slices():
     image = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)
     for axis in (0, 1, 2, -1):

@@ -82,3 +82,27 @@ def test_crop_to_foreground():
     np.testing.assert_array_equal(im, image[box])
     _, _, whole = pp.crop_to_foreground(image, np.zeros_like(label))
     assert whole == (slice(0, 20),) * 3
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1])
+@pytest.mark.parametrize("context", [0, 1, 2])
+def test_stack_neighbour_slices_by_hand(axis, context):
+    image = np.random.default_rng(3).normal(size=(3, 4, 5)).astype(np.float32)
+    out = pp.stack_neighbour_slices(image[..., None], axis, context)
+    ax = axis % 3
+    n = image.shape[ax]
+    assert out.shape == image.shape + (2 * context + 1,) and out.dtype == image.dtype
+    np.testing.assert_array_equal(out[..., context], image)  # the middle channel is the image
+    for i in range(n):
+        for c in range(2 * context + 1):
+            j = min(max(i + c - context, 0), n - 1)  # edge slices repeated
+            np.testing.assert_array_equal(np.take(out[..., c], i, axis=ax), np.take(image, j, axis=ax))
+    assert pp.neighbour_slice_indices(0, n, context).tolist() == [
+        min(max(c - context, 0), n - 1) for c in range(2 * context + 1)]
+
+
+def test_stack_neighbour_slices_bad_input():
+    with pytest.raises(ValueError, match="non-negative"):
+        pp.stack_neighbour_slices(np.zeros((2, 2, 2)), 2, -1)
+    with pytest.raises(ValueError, match=r"\(X, Y, Z\)"):
+        pp.stack_neighbour_slices(np.zeros((2, 2)), 0, 1)

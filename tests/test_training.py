@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import keras
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -59,7 +60,8 @@ def test_config_errors(tmp_path):
         T.TrainConfig.from_json(path)
     bad = [dict(dims=4), dict(schedule="step"), dict(loss="hinge"), dict(optimizer="lion"),
            dict(val_fraction=1.0), dict(epochs=0), dict(mixed_precision="yes"),
-           dict(model={"num_classes": 3}), dict(slice_axis=3)]
+           dict(model={"num_classes": 3}), dict(slice_axis=3), dict(context_slices=-1),
+           dict(dims=3, context_slices=1)]
     for kwargs in bad:
         with pytest.raises(ValueError):
             T.TrainConfig(**kwargs)
@@ -226,6 +228,19 @@ def test_train_resume_and_overwrite(phantom_root, tmp_path, capsys):
         assert row_b["val_dice_mean"] == pytest.approx(row_a["val_dice_mean"], abs=1e-6)
     assert json.loads((folder / "summary.json").read_text())["resumed_from_epoch"] == 1
     assert not (folder / "backup").exists()
+
+
+def test_context_slices_train_and_predict(phantom_root, tmp_path):
+    """A 2.5D run: 3 input channels in training, and predict_case stacks the neighbours itself."""
+    from medseg_tf.inference import load_run, predict_case
+
+    config = tiny_config(phantom_root, tmp_path / "ctx").replace(context_slices=1, epochs=1)
+    run = T.train(config, verbose=0)
+    model, saved = load_run(run)
+    assert model.input_shape[-1] == 3 and saved["context_slices"] == 1
+    image_path = sorted((phantom_root / "imagesTr").glob("*.nii.gz"))[0]
+    label, _ = predict_case(model, image_path, saved)
+    assert label.shape == nib.load(image_path).shape and set(np.unique(label)) <= {0, 1, 2}
 
 
 def test_refuses_foreign_folder(phantom_root, tmp_path):
