@@ -124,10 +124,12 @@ def main(argv=None) -> int:
                         f"{get('assd', 'mean'):.3f} | {get('nsd', 'mean'):.4f} |")
     size_mb = (dest / "model.keras").stat().st_size / 1e6
     augment_text = _augmentation_text(config.augment)
+    context_text = (f", \"2.5D\": each slice comes with its {config.context_slices} neighbouring slices on each "
+                    f"side as {2 * config.context_slices + 1} input channels," if config.context_slices else "")
     card = f"""# Reference model: {dest.name}
 
 A {config.dims}D U-Net ({', '.join(f'{k}={v}' for k, v in config.model.items())}; {model.count_params():,}
-parameters, `model.keras` {size_mb:.1f} MB) trained with `medseg_tf` on MSD Task04 Hippocampus.
+parameters, `model.keras` {size_mb:.1f} MB){context_text} trained with `medseg_tf` on MSD Task04 Hippocampus.
 
 ## Data
 - MSD Task04 Hippocampus (CC-BY-SA 4.0; Antonelli et al., Nature Communications 2022): the {len(dataset)} cases
