@@ -209,8 +209,8 @@ def random_augment(
         from a base seed and the element index (see :mod:`medseg_tf.pipeline`).
     flips : bool or sequence of int
         Mirror each spatial axis with probability 0.5 (``True``), none
-        (``False``), or only the listed spatial axes (``0`` is the first
-        spatial axis, after any batch axis there is none here).
+        (``False``), or only the listed spatial axes of the patch (``0`` is
+        the first spatial axis, e.g. ``x`` of an ``(x, y, z)`` patch).
     rot90 : bool
         Turn by a random multiple of 90 degrees in the plane of the first two
         spatial axes (90/270 degrees only for statically square planes,

@@ -121,7 +121,7 @@ def unet(input_shape: Sequence[int | None] = (None, None, 1), num_classes: int =
     """Build a 2D or 3D U-Net (Ronneberger et al. 2015; 3D: Cicek et al. 2016).
 
     Encoder level ``l`` (``l = 0 .. depth-1``) applies two ``kernel_size``
-    convolutions with ``base_filters * 2**l`` filters (at most ``max_filters``) (each followed by ``norm``
+    convolutions with ``base_filters * 2**l`` filters, at most ``max_filters`` (each followed by ``norm``
     and ``activation``) and keeps the result as a skip tensor, then halves every
     spatial size with 2x max pooling. The bottleneck has ``base_filters *
     2**depth`` filters. Decoder level ``l`` doubles the size with a stride-2
