@@ -56,6 +56,19 @@ def hippocampus_dir() -> Path:
     return _env_path("MEDSEG_HIPPOCAMPUS_DIR", data_dir() / "Task04_Hippocampus")
 
 
+def hippocampus_sample_dir() -> Path:
+    """The 8 real MSD Task04 cases shipped with the repository (``<repo>/data/hippocampus_sample``).
+
+    They are in the validation split of both shipped reference models, so the notebooks can show real
+    anatomy and evaluate the shipped models offline. CC-BY-SA 4.0: see the folder's README.
+    """
+    return REPO_ROOT / "data" / "hippocampus_sample"
+
+
+#: The shipped reference models (``<repo>/models``).
+MODELS_DIR = REPO_ROOT / "models"
+
+
 def phantom_dir() -> Path:
     """Folder of the generated phantom data set (``<data>/phantom``)."""
     return data_dir() / "phantom"
