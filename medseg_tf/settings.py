@@ -97,6 +97,19 @@ def pick(full, quick):
 def describe() -> str:
     """One line naming the active settings, printed at the top of each notebook."""
     return (
-        f"dataset={dataset_name()} quick={quick_mode()} data_dir={data_dir()} "
-        f"figures_dir={_env_path('MEDSEG_FIGURES_DIR', REPO_ROOT / 'figures')}"
+        f"dataset={dataset_name()} quick={quick_mode()} data_dir={display_path(data_dir())} "
+        f"figures_dir={display_path(_env_path('MEDSEG_FIGURES_DIR', REPO_ROOT / 'figures'))}"
     )
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` as printed in outputs: relative to the repository when inside it, so no machine path leaks.
+
+    >>> display_path(REPO_ROOT / "figures" / "a.png")
+    'figures/a.png'
+    """
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return str(path)
