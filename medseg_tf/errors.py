@@ -36,3 +36,25 @@ class DownloadError(MedsegError, RuntimeError):
 
 class OverwriteError(MedsegError, FileExistsError):
     """An output already exists and the caller did not ask to overwrite it."""
+
+
+class ConfigError(MedsegError, ValueError):
+    """A setting (a config key, a function argument or a command-line option) has an impossible value.
+
+    Parameters
+    ----------
+    key : str or None
+        The setting at fault, as the config names it (``"epochs"``, ``"patch_size"``); the command line
+        shows it as its option (``--epochs``).
+    problem : str
+        What is wrong, starting with a verb phrase (``"must be >= 1, got 0"``).
+    """
+
+    def __init__(self, key: str | None, problem: str):
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key} {problem}" if key else problem)
+
+
+class RunLockedError(MedsegError, RuntimeError):
+    """Another process is writing to the same run folder."""

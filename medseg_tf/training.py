@@ -71,7 +71,7 @@ import numpy as np
 import tensorflow as tf
 
 from medseg_tf import settings
-from medseg_tf.errors import DataError, OverwriteError
+from medseg_tf.errors import ConfigError, DataError, OverwriteError, RunLockedError
 from medseg_tf.losses import dice_metrics, get_loss
 
 __all__ = [
@@ -112,6 +112,8 @@ OPTIMIZERS: dict[str, tuple[type, dict]] = {
 #: Files and folders a run writes (the only things ``overwrite=True`` deletes).
 RUN_FILES = ("config.json", "split.json", "model.keras", "history.csv", "summary.json")
 RUN_DIRS = ("logs", "backup")
+#: The lock file a training run holds (see :func:`_lock_run_dir`); not part of a run's results.
+LOCK_FILE = ".lock"
 
 _DEFAULT_PATCH = {2: (64, 64), 3: (48, 64, 48)}
 
@@ -205,64 +207,70 @@ class TrainConfig:
         self.data = str(self.data)
         self.dims = _as_int("dims", self.dims)
         if self.dims not in (2, 3):
-            raise ValueError(f"dims must be 2 or 3, got {self.dims}")
+            raise ConfigError("dims", f"must be 2 or 3, got {self.dims}")
         self.slice_axis = _as_int("slice_axis", self.slice_axis)
         if self.slice_axis not in (0, 1, 2):
-            raise ValueError(f"slice_axis must be 0, 1 or 2, got {self.slice_axis}")
+            raise ConfigError("slice_axis", f"must be 0, 1 or 2, got {self.slice_axis}")
         self.context_slices = _as_int("context_slices", self.context_slices)
         if self.context_slices < 0 or (self.context_slices and self.dims != 2):
-            raise ValueError(f"context_slices must be >= 0, and 0 unless dims=2; got {self.context_slices} "
+            raise ConfigError("context_slices", f"must be >= 0, and 0 unless dims=2; got {self.context_slices} "
                              f"with dims={self.dims}")
         if self.patch_size is None:
             self.patch_size = _DEFAULT_PATCH[self.dims]
         self.patch_size = tuple(_as_int("patch_size", s) for s in self.patch_size)
         if len(self.patch_size) != self.dims or min(self.patch_size) < 1:
-            raise ValueError(f"patch_size must be {self.dims} positive ints for dims={self.dims}, "
+            raise ConfigError("patch_size", f"must be {self.dims} positive ints for dims={self.dims}, "
                              f"got {self.patch_size}")
         if self.target_spacing is not None:
             self.target_spacing = tuple(float(s) for s in self.target_spacing)
             if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
-                raise ValueError(f"target_spacing must be 3 positive floats (mm) or None, "
+                raise ConfigError("target_spacing", f"must be 3 positive floats (mm) or None, "
                                  f"got {self.target_spacing}")
         if not isinstance(self.model, Mapping):
-            raise ValueError(f"model must be a dict of unet keyword arguments, got {self.model!r}")
+            raise ConfigError("model", f"must be a dict of unet keyword arguments, got {self.model!r}")
         self.model = dict(self.model)
         for key in ("input_shape", "num_classes"):
             if key in self.model:
-                raise ValueError(f"model: {key!r} is set by the trainer, remove it")
+                raise ConfigError("model", f"key {key!r} is set by the trainer, remove it")
         if self.model.get("deep_supervision"):
-            raise ValueError("model: deep_supervision=True is not supported by the trainer")
+            raise ConfigError("model", "deep_supervision=True is not supported by the trainer")
+        _check_unet_kwargs(self.model)
+        depth = _unet_depth(self.model)
+        bad = [s for s in self.patch_size if s % 2 ** depth]
+        if bad:
+            raise ConfigError("patch_size", f"{self.patch_size} must be divisible by 2**depth = {2 ** depth} "
+                                            f"(the U-Net pools {depth} times)")
         _loss_name_kwargs(self.loss)  # validates
         _optimizer_name_kwargs(self.optimizer)
-        self.learning_rate = float(self.learning_rate)
+        self.learning_rate = _as_float("learning_rate", self.learning_rate)
         if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+            raise ConfigError("learning_rate", f"must be > 0, got {self.learning_rate}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+            raise ConfigError("schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
         for name in ("epochs", "steps_per_epoch", "batch_size"):
             value = _as_int(name, getattr(self, name))
             if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+                raise ConfigError(name, f"must be >= 1, got {value}")
             setattr(self, name, value)
-        self.val_fraction = float(self.val_fraction)
+        self.val_fraction = _as_float("val_fraction", self.val_fraction)
         if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+            raise ConfigError("val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         self.seed = _as_int("seed", self.seed)
-        self.foreground_fraction = float(self.foreground_fraction)
+        self.foreground_fraction = _as_float("foreground_fraction", self.foreground_fraction)
         if not 0.0 <= self.foreground_fraction <= 1.0:
-            raise ValueError(f"foreground_fraction must be in [0, 1], got {self.foreground_fraction}")
+            raise ConfigError("foreground_fraction", f"must be in [0, 1], got {self.foreground_fraction}")
         if not isinstance(self.augment, (bool, Mapping)):
-            raise ValueError(f"augment must be true, false or a dict, got {self.augment!r}")
+            raise ConfigError("augment", f"must be true, false or a dict, got {self.augment!r}")
         if isinstance(self.augment, Mapping):
             self.augment = dict(self.augment)
         if self.max_cases is not None:
             self.max_cases = _as_int("max_cases", self.max_cases)
             if self.max_cases < 2:
-                raise ValueError(f"max_cases must be >= 2 (train + validation) or None, got {self.max_cases}")
+                raise ConfigError("max_cases", f"must be >= 2 (train + validation) or None, got {self.max_cases}")
         for name in ("mixed_precision", "jit_compile"):
             value = getattr(self, name)
             if value != "auto" and not isinstance(value, bool):
-                raise ValueError(f"{name} must be \"auto\", true or false, got {value!r}")
+                raise ConfigError(name, f"must be \"auto\", true or false, got {value!r}")
         if self.out_dir is not None:
             self.out_dir = str(self.out_dir)
 
@@ -278,7 +286,7 @@ class TrainConfig:
         """Build a config from a mapping; unknown keys raise ``ValueError`` naming them."""
         unknown = sorted(set(values) - set(cls.keys()))
         if unknown:
-            raise ValueError(f"unknown config key(s) {', '.join(map(repr, unknown))}; "
+            raise ConfigError(None, f"unknown config key(s) {', '.join(map(repr, unknown))}; "
                              f"valid keys: {', '.join(cls.keys())}")
         return cls(**dict(values))
 
@@ -321,7 +329,7 @@ class TrainConfig:
         """A copy with some fields changed (e.g. ``config.replace(epochs=2)``)."""
         unknown = sorted(set(changes) - set(self.keys()))
         if unknown:
-            raise ValueError(f"unknown config key(s) {', '.join(map(repr, unknown))}")
+            raise ConfigError(None, f"unknown config key(s) {', '.join(map(repr, unknown))}")
         return dataclasses.replace(self, **changes)
 
     @classmethod
@@ -337,9 +345,42 @@ class TrainConfig:
 
 
 def _as_int(name: str, value) -> int:
-    if isinstance(value, bool) or not float(value).is_integer():
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+    try:
+        ok = not isinstance(value, bool) and float(value).is_integer()
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(name, f"must be an integer, got {value!r}")
     return int(value)
+
+
+def _as_float(name: str, value) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        out = float("nan")
+    if isinstance(value, bool) or not np.isfinite(out):
+        raise ConfigError(name, f"must be a finite number, got {value!r}")
+    return out
+
+
+def _check_unet_kwargs(model_kwargs: Mapping) -> None:
+    """Refuse unknown U-Net keywords and non-integer sizes where the config is read, not deep in Keras."""
+    from medseg_tf.models import unet
+
+    known = set(inspect.signature(unet).parameters) - {"input_shape", "num_classes"}
+    unknown = sorted(set(model_kwargs) - known)
+    if unknown:
+        raise ConfigError("model", f"unknown U-Net keyword(s) {', '.join(map(repr, unknown))}; "
+                                   f"expected some of {', '.join(sorted(known))}")
+    for key in ("depth", "base_filters", "max_filters", "kernel_size"):
+        if model_kwargs.get(key) is not None:
+            try:
+                value = _as_int(key, model_kwargs[key])
+            except ConfigError:
+                raise ConfigError("model", f"{key} must be an integer, got {model_kwargs[key]!r}") from None
+            if value < 1:
+                raise ConfigError("model", f"{key} must be >= 1, got {value}")
 
 
 def _name_kwargs(what: str, spec, known) -> tuple[str, dict]:
@@ -349,10 +390,10 @@ def _name_kwargs(what: str, spec, known) -> tuple[str, dict]:
         kwargs = dict(spec)
         name = str(kwargs.pop("name"))
     else:
-        raise ValueError(f"{what} must be a name or {{\"name\": ..., **kwargs}}, got {spec!r}")
+        raise ConfigError(what, f"must be a name or {{\"name\": ..., **kwargs}}, got {spec!r}")
     name = name.strip().lower()
     if name not in known:
-        raise ValueError(f"unknown {what} {name!r}; expected one of {', '.join(known)}")
+        raise ConfigError(what, f"{name!r} is unknown; expected one of {', '.join(known)}")
     return name, kwargs
 
 
@@ -436,7 +477,7 @@ def make_optimizer(spec: str | Mapping, learning_rate) -> keras.optimizers.Optim
     try:
         return cls(learning_rate=learning_rate, **{**defaults, **kwargs})
     except TypeError as err:
-        raise ValueError(f"optimizer {name!r}: {err}") from None
+        raise ConfigError("optimizer", f"{name!r}: {err}") from None
 
 
 # =========================================================================== runtime
@@ -761,7 +802,7 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, *, overwrite: bool, res
     backup = _backup_dir(run_dir, runtime)
     if not runtime.is_chief:  # the chief owns the folder; workers only read their backup
         return _restored_epoch(backup) if resume else 0
-    if not run_dir.exists() or not any(run_dir.iterdir()):
+    if not run_dir.exists() or not any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         return 0
     if (run_dir / "summary.json").is_file():
         if not overwrite:
@@ -1113,6 +1154,54 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, overwrite: bool 
     runtime = resolve_runtime(config)  # first: a multi-worker strategy must precede other TF ops
     verbose = _resolve_verbose(verbose)
     run_dir = resolve_run_dir(config)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OverwriteError(f"{run_dir}: is a file, not a run folder; choose another out_dir (--out)")
+
+    # read and check every input before the run folder is touched, so a failure leaves nothing behind
+    from medseg_tf.datasets import split_cases
+
+    dataset = open_dataset(config.data)
+    case_ids = dataset.case_ids[: config.max_cases] if config.max_cases else dataset.case_ids
+    train_ids, val_ids = split_cases(case_ids, config.val_fraction, config.seed)
+    if not train_ids or not val_ids:
+        raise ConfigError("val_fraction", f"{len(case_ids)} case(s) cannot be split into training and "
+                                          f"validation with val_fraction={config.val_fraction}")
+    train_volumes = load_volumes(dataset, train_ids, target_spacing=config.target_spacing)
+    val_volumes = load_volumes(dataset, val_ids, target_spacing=config.target_spacing)
+
+    lock = _lock_run_dir(run_dir) if runtime.is_chief else contextlib.nullcontext()
+    with lock:
+        return _train_locked(config, runtime, run_dir, dataset, (train_ids, train_volumes),
+                             (val_ids, val_volumes), overwrite=overwrite, resume=resume, verbose=verbose,
+                             callbacks=callbacks)
+
+
+@contextlib.contextmanager
+def _lock_run_dir(run_dir: Path):
+    """Hold an exclusive lock on ``run_dir/.lock`` while training writes the folder.
+
+    A second writer gets :class:`RunLockedError` at once. The lock is the operating system's
+    (``fcntl.flock``), so a killed run releases it; the empty ``.lock`` file stays and is ignored.
+    """
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / LOCK_FILE, "a")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLockedError(f"{run_dir}: another training run is writing to this folder; wait for it "
+                                 "to finish or choose another out_dir (--out)") from None
+        yield
+    finally:
+        handle.close()
+
+
+def _train_locked(config: TrainConfig, runtime: Runtime, run_dir: Path, dataset, train_part, val_part, *,
+                  overwrite: bool, resume: bool, verbose: int, callbacks) -> Path:
+    """The body of :func:`train` once inputs are read and the run folder is locked."""
+    (train_ids, train_volumes), (val_ids, val_volumes) = train_part, val_part
     initial_epoch = _prepare_run_dir(run_dir, config, overwrite=overwrite, resume=resume,
                                      runtime=runtime)
     if verbose:
@@ -1120,14 +1209,6 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, overwrite: bool 
         if initial_epoch:
             print(f"resuming {run_dir} from epoch {initial_epoch + 1}/{config.epochs}", flush=True)
     keras.utils.set_random_seed(config.seed)
-
-    from medseg_tf.datasets import split_cases
-
-    dataset = open_dataset(config.data)
-    case_ids = dataset.case_ids[: config.max_cases] if config.max_cases else dataset.case_ids
-    train_ids, val_ids = split_cases(case_ids, config.val_fraction, config.seed)
-    if not train_ids or not val_ids:
-        raise ValueError(f"{len(case_ids)} case(s) cannot be split into training and validation")
     if runtime.is_chief:
         run_dir.mkdir(parents=True, exist_ok=True)
         config.to_json(run_dir / "config.json")
@@ -1135,10 +1216,7 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, overwrite: bool 
 
     start = time.perf_counter()
     global_batch = config.batch_size * runtime.num_replicas
-    train_ds, val_ds, _ = make_datasets(config, load_volumes(dataset, train_ids,
-                                                             target_spacing=config.target_spacing),
-                                        load_volumes(dataset, val_ids, target_spacing=config.target_spacing),
-                                        global_batch_size=global_batch)
+    train_ds, val_ds, _ = make_datasets(config, train_volumes, val_volumes, global_batch_size=global_batch)
     if initial_epoch:  # the data stream is deterministic: skip what the finished epochs used
         train_ds = train_ds.skip(initial_epoch * config.steps_per_epoch)
     model = build_model(config, dataset.num_classes, dataset.class_names, runtime)
