@@ -551,6 +551,33 @@ def _integer_labels(data: np.ndarray, path: Path) -> np.ndarray:
     return rounded.astype(np.int64)
 
 
+def msd_labels_folder(folder: str | os.PathLike) -> Path:
+    """The label folder to read: ``folder/labelsTr`` when ``folder`` is an MSD data set, else ``folder``.
+
+    So ``evaluate --labels`` accepts the same MSD folder that ``predict --images`` does.
+    """
+    folder = Path(folder)
+    if (folder / "dataset.json").is_file() and (folder / "labelsTr").is_dir():
+        return folder / "labelsTr"
+    return folder
+
+
+def _check_declared_labels(labels: np.ndarray, names: Mapping[int, str] | None, path: Path) -> None:
+    """DataError when a label map holds a value that is neither background (0) nor a declared class."""
+    from medseg_tf.errors import DataError
+
+    values = np.unique(labels)
+    if names is None:
+        bad = values[values < 0]
+        declared = "non-negative labels"
+    else:
+        bad = np.setdiff1d(values, np.asarray([0, *names], dtype=values.dtype))
+        declared = f"labels {{0, {', '.join(str(k) for k in sorted(names))}}} (dataset.json or class_names)"
+    if bad.size:
+        raise DataError(path, f"holds label value(s) {', '.join(str(int(v)) for v in bad)} outside the "
+                              f"declared {declared}")
+
+
 def evaluate_folder(pred_dir: str | os.PathLike, labels_dir: str | os.PathLike, *,
                     class_names: Mapping[int, str] | None = None, tolerance_mm: float = 1.0,
                     progress: bool = True):
@@ -597,6 +624,11 @@ def evaluate_folder(pred_dir: str | os.PathLike, labels_dir: str | os.PathLike, 
     from medseg_tf.errors import DataError
 
     pred_dir, labels_dir = Path(pred_dir), Path(labels_dir)
+    if not (np.isfinite(tolerance_mm) and tolerance_mm >= 0):
+        from medseg_tf.errors import ConfigError
+
+        raise ConfigError("tolerance_mm", f"must be a distance >= 0 mm, got {tolerance_mm}")
+    labels_dir = msd_labels_folder(labels_dir)
     for folder in (pred_dir, labels_dir):
         if not folder.is_dir():
             raise DataError(folder, "folder not found")
@@ -623,6 +655,8 @@ def evaluate_folder(pred_dir: str | os.PathLike, labels_dir: str | os.PathLike, 
             raise DataError(pred_path, f"affine differs from the reference's ({ref_path}); was it "
                                        "written on another grid or orientation?")
         pl, rl = _integer_labels(pred_data, pred_path), _integer_labels(ref_data, ref_path)
+        for path, arr in ((pred_path, pl), (ref_path, rl)):
+            _check_declared_labels(arr, names, path)
         case_names = names
         if case_names is None:
             present = sorted(set(np.unique(pl).tolist()) | set(np.unique(rl).tolist()))
