@@ -82,6 +82,13 @@ METRIC_COLUMNS = (
     "hd", "hd95", "assd", "nsd",
 )
 
+#: Unit of each metric column ("" for ratios in [0, 1]); distances are in mm of the reference's spacing.
+METRIC_UNITS = {
+    "dice": "", "iou": "", "precision": "", "recall": "", "f1": "",
+    "vol_pred_ml": "ml", "vol_ref_ml": "ml", "abs_vol_diff_ml": "ml", "rel_vol_diff": "",
+    "hd": "mm", "hd95": "mm", "assd": "mm", "nsd": "",
+}
+
 
 # --------------------------------------------------------------------------- helpers
 def _pair(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
