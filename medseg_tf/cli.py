@@ -8,10 +8,57 @@ and the data commands start fast. Nothing imports this module.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from medseg_tf.errors import MedsegError
+from medseg_tf.errors import ConfigError, MedsegError, OverwriteError
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind, *, low=None, low_open: bool = False, high=None, high_open: bool = False):
+    """An argparse ``type`` that parses ``kind`` and refuses values outside the given bounds."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if kind is float and value != value:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+        if low is not None and (value <= low if low_open else value < low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low}, got {text}")
+        if high is not None and (value >= high if high_open else value > high):
+            raise argparse.ArgumentTypeError(f"must be {'<' if high_open else '<='} {high}, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE_INT = _number(int, low=1)
+NON_NEGATIVE_INT = _number(int, low=0)
+POSITIVE_FLOAT = _number(float, low=0, low_open=True, high=float("inf"), high_open=True)
+NON_NEGATIVE_FLOAT = _number(float, low=0, high=float("inf"), high_open=True)
+OPEN_FRACTION = _number(float, low=0, low_open=True, high=1, high_open=True)
+
+#: Config keys whose command-line option has another name.
+_FLAG_OF_KEY = {"learning_rate": "--lr", "out_dir": "--out", "tolerance_mm": "--tolerance"}
+
+
+def _flag(key: str) -> str:
+    return _FLAG_OF_KEY.get(key, "--" + key.replace("_", "-"))
+
+
+def _same_or_inside(a: Path, b: Path) -> bool:
+    """True when folder ``a`` is ``b`` or lies inside it."""
+    a, b = a.expanduser().resolve(), b.expanduser().resolve()
+    return a == b or b in a.parents
 
 
 def _cmd_course(args) -> int:
@@ -26,6 +73,8 @@ def _cmd_data_phantom(args) -> int:
     from medseg_tf.phantom import write_phantom_dataset
 
     start = time.perf_counter()
+    if args.out.exists() and not args.out.is_dir():
+        raise OverwriteError(f"{args.out}: is a file, not a folder; choose another --out")
     out = write_phantom_dataset(args.out, n_cases=args.cases, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote {args.cases} phantom cases to {out} in {time.perf_counter() - start:.1f} s")
     return 0
@@ -84,38 +133,73 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _training_split_overlap(model_dir: Path, case_ids) -> list[str]:
+    """Case ids among ``case_ids`` that the run folder's ``split.json`` lists as training cases."""
+    import json
+
+    try:
+        train = set(json.loads((Path(model_dir) / "split.json").read_text())["train"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return sorted(set(case_ids) & train)
+
+
+def _warn_training_cases(model_dir: Path, case_ids, where: str) -> None:
+    overlap = _training_split_overlap(model_dir, case_ids)
+    if overlap:
+        shown = ", ".join(overlap[:3]) + (", ..." if len(overlap) > 3 else "")
+        print(f"warning: {len(overlap)} of {len(case_ids)} {where} are in the model's training split "
+              f"({shown}; {Path(model_dir) / 'split.json'}): their scores will look better than on unseen "
+              "cases", file=sys.stderr)
+
+
 def _cmd_predict(args) -> int:
     from medseg_tf.inference import predict_folder
 
+    for inp, what in ((args.images, "--images"), (args.model, "--model")):
+        if inp.exists() and (_same_or_inside(args.out, inp) or _same_or_inside(inp, args.out)):
+            raise ConfigError("out", f"{args.out} is, holds or lies inside the {what} folder {inp}; choose an "
+                                     "output folder apart from the inputs")
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError("out", f"{args.out} is a file, not a folder")
     table = predict_folder(args.model, args.images, args.out, tta=args.tta, lcc=args.lcc,
                            overwrite=args.overwrite, progress=not args.no_progress, batch_size=args.batch_size)
     if len(table):
         print(f"predicted {len(table)} volumes into {args.out}: "
               f"{table['seconds'].mean():.3f} s per volume (median {table['seconds'].median():.3f} s)")
+        if args.model.is_dir():
+            _warn_training_cases(args.model, list(table["case"]), "images")
     return 0
 
 
 def _cmd_evaluate(args) -> int:
     import pandas as pd
 
-    from medseg_tf.errors import OverwriteError
-    from medseg_tf.metrics import evaluate_folder, summarize
+    from medseg_tf.metrics import METRIC_UNITS, evaluate_folder, summarize
 
+    if args.out.suffix.lower() != ".csv":
+        raise ConfigError("out", f"{args.out} must be a .csv file (the per-case table)")
+    if args.out.is_dir():
+        raise ConfigError("out", f"{args.out} is a folder; give a .csv file path")
     if args.out.exists() and not args.overwrite:
         raise OverwriteError(f"{args.out}: already exists; pass --overwrite to replace it")
     table = evaluate_folder(args.pred, args.labels, tolerance_mm=args.tolerance, progress=not args.no_progress)
+    if args.model is not None:
+        _warn_training_cases(args.model, sorted(set(table["case"])), "predicted cases")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
     summary = summarize(table)
+    summary.insert(0, "unit", [METRIC_UNITS.get(m, "") for m in summary.index.get_level_values("metric")])
     with pd.option_context("display.width", 160, "display.max_rows", None):
         print(summary.to_string(float_format=lambda v: f"{v:.4f}"))
-    print(f"\nper-case table: {args.out}")
+    print(f"\nper-case table: {args.out} (distances in mm, volumes in ml; surface Dice (nsd) at "
+          f"{args.tolerance:g} mm)")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m medseg_tf``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m medseg_tf",
         description="medseg-tf: medical image segmentation course (Keras 3 / TensorFlow).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -125,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "stops at the first failing cell. Reads MEDSEG_DATASET etc. (see README).")
     p.add_argument("--quick", action="store_true", help="quick mode (MEDSEG_QUICK=1): fewer epochs and cases")
     p.add_argument("--only", nargs="+", metavar="NN", help="run only notebooks whose name starts with these")
-    p.add_argument("--timeout", type=int, default=1800, help="seconds one cell may take (default 1800)")
+    p.add_argument("--timeout", type=POSITIVE_INT, default=1800, help="seconds one cell may take (default 1800)")
     p.add_argument("--no-write", action="store_true", help="do not save executed notebooks")
     p.set_defaults(func=_cmd_course)
 
@@ -133,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     p = dsub.add_parser("phantom", help="write the synthetic MRI-like phantom data set")
     p.add_argument("--out", type=Path, required=True, help="output folder (MSD layout)")
-    p.add_argument("--cases", type=int, default=40, help="number of cases (default 40)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--cases", type=POSITIVE_INT, default=40, help="number of cases (default 40)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="random seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing phantom folder")
     p.set_defaults(func=_cmd_data_phantom)
 
@@ -158,22 +242,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="TrainConfig JSON file (see configs/)")
     p.add_argument("--data", help="MSD folder, or 'phantom' / 'hippocampus' for the course data sets")
     p.add_argument("--dims", type=int, choices=(2, 3), default=None, help="2D slices or 3D patches")
-    p.add_argument("--context-slices", type=int,
+    p.add_argument("--context-slices", type=NON_NEGATIVE_INT,
                    help="2D only: neighbouring slices on each side given as extra channels (2.5D; default 0)")
-    p.add_argument("--epochs", type=int, help="number of epochs")
-    p.add_argument("--steps-per-epoch", type=int, help="training batches per epoch")
-    p.add_argument("--batch-size", type=int, help="batch size per replica (the global batch is this times the number of replicas)")
-    p.add_argument("--patch-size", type=int, nargs="+", help="training crop in voxels (2 or 3 ints)")
+    p.add_argument("--epochs", type=POSITIVE_INT, help="number of epochs")
+    p.add_argument("--steps-per-epoch", type=POSITIVE_INT, help="training batches per epoch")
+    p.add_argument("--batch-size", type=POSITIVE_INT, help="batch size per replica (the global batch is this times the number of replicas)")
+    p.add_argument("--patch-size", type=POSITIVE_INT, nargs="+", help="training crop in voxels (2 or 3 ints)")
     p.add_argument("--loss", help="dice, dice_ce, ce, focal or tversky")
     p.add_argument("--optimizer", help="adam, adamw, sgd or rmsprop")
-    p.add_argument("--lr", type=float, help="initial learning rate")
+    p.add_argument("--lr", type=POSITIVE_FLOAT, help="initial learning rate")
     p.add_argument("--schedule", choices=("constant", "cosine", "poly"), help="learning-rate schedule")
-    p.add_argument("--seed", type=int, help="random seed (split, sampling, augmentation, weights)")
-    p.add_argument("--max-cases", type=int, help="use only the first N cases")
-    p.add_argument("--val-fraction", type=float, help="share of cases held out for validation")
-    p.add_argument("--depth", type=int, help="U-Net depth (number of poolings)")
-    p.add_argument("--base-filters", type=int, help="filters of the first level")
-    p.add_argument("--max-filters", type=int, help="cap on the filters of any level (default: no cap)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, help="random seed (split, sampling, augmentation, weights)")
+    p.add_argument("--max-cases", type=_number(int, low=2), help="use only the first N cases")
+    p.add_argument("--val-fraction", type=OPEN_FRACTION, help="share of cases held out for validation")
+    p.add_argument("--depth", type=POSITIVE_INT, help="U-Net depth (number of poolings)")
+    p.add_argument("--base-filters", type=POSITIVE_INT, help="filters of the first level")
+    p.add_argument("--max-filters", type=POSITIVE_INT, help="cap on the filters of any level (default: no cap)")
     p.add_argument("--norm", choices=("batch", "instance", "group"), help="normalisation layer")
     p.add_argument("--no-augment", action="store_true", help="no data augmentation")
     p.add_argument("--out", type=Path, help="run folder (default runs/<data>_<dims>d)")
@@ -189,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder for <case>.nii.gz label maps")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--lcc", action="store_true", help="keep the largest connected component per class")
-    p.add_argument("--batch-size", type=int, default=16, help="slices or windows per model call")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16, help="slices or windows per model call")
     p.add_argument("--overwrite", action="store_true", help="replace existing predictions")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
@@ -198,9 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Dice, IoU, precision, recall, volume difference, HD, HD95, ASSD and "
                                    "surface Dice per case and class (spacing in mm); prints mean/std/median.")
     p.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps")
-    p.add_argument("--labels", type=Path, required=True, help="folder of reference label maps (e.g. labelsTr)")
+    p.add_argument("--labels", type=Path, required=True,
+                   help="folder of reference label maps (e.g. labelsTr), or an MSD folder (its labelsTr/ is used)")
+    p.add_argument("--model", type=Path,
+                   help="run folder that made the predictions: warns when a case is in its training split")
     p.add_argument("--out", type=Path, required=True, help="CSV file for the per-case table")
-    p.add_argument("--tolerance", type=float, default=1.0, help="surface Dice tolerance in mm (default 1)")
+    p.add_argument("--tolerance", type=NON_NEGATIVE_FLOAT, default=1.0, help="surface Dice tolerance in mm (default 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
@@ -216,8 +303,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except ConfigError as exc:
+        given = exc.key is not None and getattr(args, exc.key, None) is not None
+        where = _flag(exc.key) if given else (f"config key {exc.key!r}" if exc.key else "config")
+        print(f"error: {where}: {exc.problem}", file=sys.stderr)
+        return 1
     except MedsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a user sees one line; MEDSEG_DEBUG=1 shows the traceback
+        if os.environ.get("MEDSEG_DEBUG"):
+            raise
+        text = " ".join(str(exc).split()) or "(no message)"
+        print(f"error: {type(exc).__name__}: {text[:400]} (MEDSEG_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
