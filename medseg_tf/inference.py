@@ -69,7 +69,7 @@ import numpy as np
 
 from medseg_tf import io, preprocessing
 from medseg_tf.augment import flip_axes
-from medseg_tf.errors import DataError, OverwriteError
+from medseg_tf.errors import ConfigError, DataError, OverwriteError
 from medseg_tf.postprocessing import keep_largest_component
 
 __all__ = [
@@ -387,6 +387,30 @@ def _labels_from_probs(probs: np.ndarray) -> np.ndarray:
     return np.argmax(probs, axis=-1).astype(np.uint8)
 
 
+def _checked_tta_axes(config: Mapping) -> tuple[int, ...]:
+    """The TTA mirror axes of ``config``; ConfigError when training mirrored along none."""
+    axes = tta_axes_from_config(config)
+    if not axes:
+        raise ConfigError("tta", "cannot be used with this model: it was trained without flip augmentation, "
+                                 "so mirrored inputs are images it never saw and its predictions on them are "
+                                 "wrong; predict without --tta")
+    return axes
+
+
+def _check_channels(model, data: np.ndarray, config: Mapping, path) -> None:
+    """DataError when the image's channel count is not the one the model takes."""
+    expected = getattr(model, "input_shape", None)
+    expected = expected[-1] if isinstance(expected, tuple) and expected else None
+    if expected is None:
+        return
+    per_slice = 2 * int(config.get("context_slices", 0) or 0) + 1
+    channels = (data.shape[-1] if data.ndim == 4 else 1) * (per_slice if int(config.get("dims", 3)) == 2 else 1)
+    if channels != expected:
+        got = f"{data.shape[-1]} channels" if data.ndim == 4 else "1 channel"
+        raise DataError(path, f"has {got} (shape {data.shape}) but the model takes "
+                              f"{expected // per_slice if int(config.get('dims', 3)) == 2 else expected}")
+
+
 def _predict_loaded(model, vol: io.Volume, config: Mapping, *, tta: bool, lcc: bool,
                     batch_size: int) -> np.ndarray:
     """Label map (uint8, original voxel order and shape) of a loaded image volume."""
@@ -396,6 +420,10 @@ def _predict_loaded(model, vol: io.Volume, config: Mapping, *, tta: bool, lcc: b
     data = np.asarray(ras.data, dtype=np.float32)
     if data.ndim not in (3, 4):
         raise DataError(vol.path, f"expected a 3D image (or 4D with channels last), got shape {data.shape}")
+    if not np.all(np.isfinite(data)):
+        bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        raise DataError(vol.path, f"holds {bad} NaN or infinite voxel value(s); fix or mask them before predicting")
+    _check_channels(model, data, config, vol.path)
     method = config.get("normalization", "zscore") or "none"
     if data.ndim == 3:
         image = preprocessing.normalize(data, method)
@@ -406,12 +434,7 @@ def _predict_loaded(model, vol: io.Volume, config: Mapping, *, tta: bool, lcc: b
     target = config.get("target_spacing")
     if target is not None:
         image = preprocessing.resample_to_spacing(image, spacing, target, order=1)
-    tta_axes = tta_axes_from_config(config) if tta else ()
-    if tta and not tta_axes:
-        raise ValueError("test-time flips requested, but this model was trained without flip augmentation "
-                         "(config 'augment'): mirrored inputs are images it never saw and its predictions on "
-                         "them are wrong. Predict without TTA, or set 'tta_axes' in the run's config.json to "
-                         "the axes along which the anatomy is mirror-symmetric.")
+    tta_axes = _checked_tta_axes(config) if tta else ()
     probs = predict_volume(
         model, image, dims=int(config["dims"]), axis=int(config.get("slice_axis", 2)),
         patch_size=config.get("patch_size"), overlap=float(config.get("overlap", 0.5)),
@@ -484,7 +507,11 @@ def load_run(run_dir: str | os.PathLike):
         raise DataError(config_path, f"not valid JSON ({exc})") from None
     if not isinstance(config, dict):
         raise DataError(config_path, "must hold a JSON object")
-    model = keras.saving.load_model(model_path, compile=False)
+    try:
+        model = keras.saving.load_model(model_path, compile=False)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a damaged file
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise DataError(model_path, f"cannot be read as a Keras model (corrupt or truncated? {reason})") from None
     return model, config
 
 
@@ -556,7 +583,9 @@ def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str
     existing = [p for p in outputs if p.exists()]
     if existing and not overwrite:
         raise OverwriteError(f"{existing[0]}: already exists ({len(existing)} of {len(outputs)} "
-                             "outputs do); pass overwrite=True to replace them")
+                             "outputs do); pass --overwrite (overwrite=True) to replace them")
+    if tta:
+        _checked_tta_axes(config)  # refuse before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for path, out in tqdm(list(zip(files, outputs)), desc="predict", unit="case",
