@@ -280,6 +280,10 @@ def split_cases(case_ids: list[str], val_fraction: float = 0.2, seed: int = 0) -
     return train, val
 
 
+#: What :func:`write_msd_dataset` writes into its folder (and so all that ``overwrite`` may replace).
+MSD_OUTPUTS = ("dataset.json", "imagesTr", "labelsTr")
+
+
 def write_msd_dataset(out_dir: str | os.PathLike, cases: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], *,
                       name: str, labels: dict[int, str], modality: dict[int, str] | None = None,
                       description: str = "", licence: str = "", overwrite: bool = False,
@@ -306,6 +310,11 @@ def write_msd_dataset(out_dir: str | os.PathLike, cases: list[tuple[str, np.ndar
                                  "(or --overwrite) to replace it")
         if not (out_dir / "dataset.json").is_file():
             raise OverwriteError(f"{out_dir}: refusing to replace a folder that is not an MSD data set")
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in MSD_OUTPUTS)
+        if foreign:
+            raise OverwriteError(f"{out_dir}: holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}, "
+                                 "which this command did not write; move it away or choose another folder "
+                                 "(--overwrite replaces only dataset.json, imagesTr/ and labelsTr/)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:

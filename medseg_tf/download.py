@@ -43,7 +43,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from medseg_tf import __version__
-from medseg_tf.errors import DownloadError, OverwriteError
+from medseg_tf.errors import ConfigError, DownloadError, OverwriteError
 
 #: Base URL of the mirror used by MONAI's ``DecathlonDataset``.
 MSD_MIRROR = "https://msd-for-monai.s3-us-west-2.amazonaws.com"
@@ -111,7 +111,7 @@ def resolve_task(task: str) -> str:
         }
         if key in spellings:
             return name
-    raise ValueError(f"unknown MSD task {task!r}; expected one of {', '.join(MSD_TASKS)}")
+    raise ConfigError("task", f"{task!r} is not an MSD task; expected one of {', '.join(MSD_TASKS)}")
 
 
 # --------------------------------------------------------------------------- checksums
@@ -143,7 +143,7 @@ def _check_md5_format(md5: str | None) -> str | None:
     if md5 is None:
         return None
     if not isinstance(md5, str) or not re.fullmatch(r"[0-9a-fA-F]{32}", md5):
-        raise ValueError(f"md5 must be 32 hex digits, got {md5!r}")
+        raise ConfigError("md5", f"must be 32 hex digits, got {md5!r}")
     return md5.lower()
 
 
@@ -197,7 +197,9 @@ def _download_to_part(url: str, part: Path, offset: int, progress: bool, timeout
         raise _connection_error(url, err) from err
 
     with response:
-        status = getattr(response, "status", 200)
+        status = getattr(response, "status", None)
+        if status is None and url.lower().startswith("file:"):
+            status = 200  # urllib's file:// responses carry no status and ignore Range: a full read
         if offset and status == 206:
             start, total = _parse_content_range(response.headers.get("Content-Range"))
             if start != offset:
@@ -262,7 +264,7 @@ def fetch(
     Parameters
     ----------
     url : str
-        ``http://``, ``https://`` or ``file://`` URL.
+        ``http://``, ``https://`` or ``file://`` URL (a ``file://`` source is always read whole).
     dest : str or os.PathLike
         Final path of the file; its folder is created if needed.
     md5 : str, optional

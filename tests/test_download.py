@@ -185,7 +185,7 @@ def test_task_table_and_names():
         assert dl.resolve_task(spelling) == TASK
     assert dl.resolve_task("hepatic_vessel") == "Task08_HepaticVessel"
     assert dl.resolve_task("task10") == "Task10_Colon"
-    with pytest.raises(ValueError, match="unknown MSD task"):
+    with pytest.raises(ValueError, match="is not an MSD task"):
         dl.resolve_task("Task11")
     with pytest.raises(ValueError, match="md5"):
         dl.download_task("hippocampus", "/nonexistent", md5="not-a-checksum")
