@@ -1,0 +1,244 @@
+"""Every user error on the command line: one line naming the option or file, a non-zero exit, nothing written.
+
+Runs ``medseg_tf.cli.main`` in-process (TensorFlow is imported once for the whole module).
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medseg_tf import settings
+from medseg_tf.cli import main
+
+MODEL_3D = settings.MODELS_DIR / "hippocampus_3d"
+SAMPLE = settings.hippocampus_sample_dir()
+
+
+def run(capsys, *argv) -> tuple[int, list[str]]:
+    """Exit code and the stderr lines of ``python -m medseg_tf ARGV`` (argparse exits are caught)."""
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and "%|" not in ln]
+    return code, err
+
+
+def one_line(err: list[str], *needles: str) -> str:
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0]
+    for needle in needles:
+        assert needle in err[0], (needle, err[0])
+    return err[0]
+
+
+# ----------------------------------------------------------------------------- option values
+@pytest.mark.parametrize("argv, flag", [
+    (["train", "--data", "phantom", "--epochs", "0"], "--epochs"),
+    (["train", "--data", "phantom", "--epochs", "-1"], "--epochs"),
+    (["train", "--data", "phantom", "--batch-size", "0"], "--batch-size"),
+    (["train", "--data", "phantom", "--val-fraction", "1.5"], "--val-fraction"),
+    (["train", "--data", "phantom", "--lr", "nan"], "--lr"),
+    (["data", "phantom", "--out", "x", "--cases", "0"], "--cases"),
+    (["data", "phantom", "--out", "x", "--seed", "-1"], "--seed"),
+    (["evaluate", "--pred", "a", "--labels", "b", "--out", "c.csv", "--tolerance", "-1"], "--tolerance"),
+    (["predict", "--model", "m", "--images", "i", "--out", "o", "--batch-size", "0"], "--batch-size"),
+])
+def test_impossible_numbers_are_refused_in_one_line(capsys, tmp_path, argv, flag):
+    code, err = run(capsys, *argv)
+    assert code == 2
+    one_line(err, flag)
+
+
+def test_patch_not_divisible_by_the_unet_names_the_option_and_writes_nothing(capsys, tmp_path, phantom_root):
+    out = tmp_path / "run"
+    code, err = run(capsys, "train", "--data", phantom_root, "--dims", "3", "--patch-size", 7, 7, 7, "--out", out)
+    assert code == 1
+    one_line(err, "--patch-size", "divisible by 2**depth = 16")
+    assert not out.exists()
+
+
+def test_bad_model_value_in_a_config_file(capsys, tmp_path, phantom_root):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"data": str(phantom_root), "dims": 2, "model": {"depth": "x"}}))
+    code, err = run(capsys, "train", "--config", config, "--out", tmp_path / "run")
+    assert code == 1
+    one_line(err, "c.json", "depth must be an integer")
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_on_bad_data_leaves_no_folder(capsys, tmp_path, phantom_root):
+    data = tmp_path / "data"
+    shutil.copytree(phantom_root, data)
+    victim = sorted((data / "imagesTr").iterdir())[0]
+    victim.write_bytes(b"not a nifti")
+    out = tmp_path / "run"
+    code, err = run(capsys, "train", "--data", data, "--dims", "2", "--epochs", 1, "--steps-per-epoch", 1,
+                    "--out", out)
+    assert code == 1
+    one_line(err, victim.name)
+    assert not out.exists()  # the corrected rerun is not blocked by litter
+
+
+def test_second_writer_of_a_run_folder_is_refused(capsys, tmp_path, phantom_root):
+    from medseg_tf.training import _lock_run_dir
+
+    out = tmp_path / "run"
+    with _lock_run_dir(out):  # another training run holds the folder
+        code, err = run(capsys, "train", "--data", phantom_root, "--dims", "2", "--epochs", 1,
+                        "--steps-per-epoch", 1, "--out", out)
+    assert code == 1
+    one_line(err, str(out), "another training run")
+    assert [p.name for p in out.iterdir()] == [".lock"]
+
+
+def test_unknown_task_and_malformed_md5(capsys, tmp_path):
+    code, err = run(capsys, "data", "download", "Task99_Nope", "--out", tmp_path)
+    assert code == 1
+    one_line(err, "task", "Task99_Nope", "Task04_Hippocampus")
+    code, err = run(capsys, "data", "download", "Task04_Hippocampus", "--out", tmp_path, "--md5", "xyz")
+    assert code == 1
+    one_line(err, "--md5", "32 hex digits")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_phantom_overwrite_keeps_what_it_did_not_write(capsys, tmp_path):
+    out = tmp_path / "ph"
+    assert main(["data", "phantom", "--out", str(out), "--cases", "1"]) == 0
+    mine = out / "notes.txt"
+    mine.write_text("the user's own file")
+    code, err = run(capsys, "data", "phantom", "--out", out, "--cases", "1", "--overwrite")
+    assert code == 1
+    one_line(err, "notes.txt", "did not write")
+    assert mine.read_text() == "the user's own file"
+
+
+# ----------------------------------------------------------------------------- predict
+@pytest.fixture
+def images(tmp_path) -> Path:
+    """Two real sample images in a folder of their own."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in sorted((SAMPLE / "imagesTr").iterdir())[:2]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def test_predict_tta_on_a_model_trained_without_flips(capsys, tmp_path, images):
+    out = tmp_path / "pred"
+    code, err = run(capsys, "predict", "--model", MODEL_3D, "--images", images, "--out", out, "--tta")
+    assert code == 1
+    line = one_line(err, "--tta", "without flip augmentation")
+    assert "config.json" not in line  # no advice that would make training refuse the file
+    assert not out.exists()
+
+
+def test_predict_refuses_an_output_that_is_an_input(capsys, images):
+    before = {p.name: p.read_bytes() for p in images.iterdir()}
+    code, err = run(capsys, "predict", "--model", MODEL_3D, "--images", images, "--out", images, "--overwrite")
+    assert code == 1
+    one_line(err, "--out", "--images")
+    assert {p.name: p.read_bytes() for p in images.iterdir()} == before
+
+
+def test_predict_refuses_nan_and_wrong_channel_counts(capsys, tmp_path, images):
+    path = sorted(images.iterdir())[0]
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj).astype(np.float32)
+    data[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), str(path))
+    code, err = run(capsys, "predict", "--model", MODEL_3D, "--images", images, "--out", tmp_path / "p1")
+    assert code == 1
+    one_line(err, path.name, "NaN")
+
+    four_d = np.stack([np.nan_to_num(data)] * 2, axis=-1)
+    nib.save(nib.Nifti1Image(four_d, img.affine), str(path))
+    code, err = run(capsys, "predict", "--model", MODEL_3D, "--images", images, "--out", tmp_path / "p2")
+    assert code == 1
+    one_line(err, path.name, "2 channels", "model takes 1")
+
+
+def test_predict_with_a_corrupt_model(capsys, tmp_path, images):
+    model = tmp_path / "model"
+    model.mkdir()
+    shutil.copy(MODEL_3D / "config.json", model / "config.json")
+    (model / "model.keras").write_bytes((MODEL_3D / "model.keras").read_bytes()[:5000])
+    code, err = run(capsys, "predict", "--model", model, "--images", images, "--out", tmp_path / "p")
+    assert code == 1
+    one_line(err, "model.keras", "cannot be read as a Keras model")
+
+
+def test_predict_and_evaluate_warn_on_training_cases(capsys, tmp_path, images):
+    model = tmp_path / "model"
+    shutil.copytree(MODEL_3D, model)
+    ids = sorted(p.name[: -len(".nii.gz")] for p in images.iterdir())
+    (model / "split.json").write_text(json.dumps({"train": ids[:1], "val": ids[1:]}))
+    out = tmp_path / "pred"
+    code, err = run(capsys, "predict", "--model", model, "--images", images, "--out", out)
+    assert code == 0
+    one_line(err, "warning: 1 of 2 images are in the model's training split", ids[0])
+
+    code, err = run(capsys, "evaluate", "--pred", out, "--labels", SAMPLE, "--out", tmp_path / "m.csv",
+                    "--model", model)
+    assert code == 0
+    one_line(err, "warning: 1 of 2 predicted cases")
+
+
+# ----------------------------------------------------------------------------- evaluate
+@pytest.fixture
+def predictions(tmp_path) -> Path:
+    """The sample's reference labels of two cases, used as a perfect prediction."""
+    folder = tmp_path / "pred"
+    folder.mkdir()
+    for path in sorted((SAMPLE / "labelsTr").iterdir())[:2]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def test_evaluate_takes_an_msd_folder_and_prints_units(capsys, tmp_path, predictions):
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(predictions), "--labels", str(SAMPLE), "--out",
+                 str(tmp_path / "m.csv"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    hd95 = [ln for ln in out.splitlines() if " hd95 " in ln]
+    assert hd95 and all(" mm " in ln for ln in hd95)
+    dice = [ln for ln in out.splitlines() if " dice " in ln]
+    assert dice and all("1.0000" in ln for ln in dice)
+
+
+def test_evaluate_refuses_undeclared_labels(capsys, tmp_path, predictions):
+    path = sorted(predictions.iterdir())[0]
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj).copy()
+    data[0, 0, 0] = 7
+    nib.save(nib.Nifti1Image(data, img.affine), str(path))
+    code, err = run(capsys, "evaluate", "--pred", predictions, "--labels", SAMPLE, "--out", tmp_path / "m.csv")
+    assert code == 1
+    one_line(err, path.name, "7", "outside the declared labels")
+    assert not (tmp_path / "m.csv").exists()
+
+
+def test_evaluate_never_replaces_a_prediction_with_csv(capsys, predictions):
+    victim = sorted(predictions.iterdir())[0]
+    before = victim.read_bytes()
+    code, err = run(capsys, "evaluate", "--pred", predictions, "--labels", SAMPLE, "--out", victim, "--overwrite")
+    assert code == 1
+    one_line(err, "--out", ".csv")
+    assert victim.read_bytes() == before
+
+
+def test_unexpected_errors_are_one_line_without_traceback(capsys, monkeypatch, tmp_path):
+    import medseg_tf.datasets
+
+    def boom(_root):
+        raise RuntimeError("something unexpected\nover two lines")
+
+    monkeypatch.setattr(medseg_tf.datasets, "check_dataset", boom)
+    code, err = run(capsys, "data", "check", tmp_path)
+    assert code == 1
+    one_line(err, "RuntimeError: something unexpected over two lines", "MEDSEG_DEBUG=1")
