@@ -579,7 +579,7 @@ def _check_declared_labels(labels: np.ndarray, names: Mapping[int, str] | None, 
         declared = "non-negative labels"
     else:
         bad = np.setdiff1d(values, np.asarray([0, *names], dtype=values.dtype))
-        declared = f"labels {{0, {', '.join(str(k) for k in sorted(names))}}} (dataset.json or class_names)"
+        declared = f"labels {{0, {', '.join(str(k) for k in sorted(names))}}} of dataset.json"
     if bad.size:
         raise DataError(path, f"holds label value(s) {', '.join(str(int(v)) for v in bad)} outside the "
                               f"declared {declared}")
@@ -662,8 +662,8 @@ def evaluate_folder(pred_dir: str | os.PathLike, labels_dir: str | os.PathLike, 
             raise DataError(pred_path, f"affine differs from the reference's ({ref_path}); was it "
                                        "written on another grid or orientation?")
         pl, rl = _integer_labels(pred_data, pred_path), _integer_labels(ref_data, ref_path)
-        for path, arr in ((pred_path, pl), (ref_path, rl)):
-            _check_declared_labels(arr, names, path)
+        for path, arr in ((pred_path, pl), (ref_path, rl)):  # class_names given: a subset to score
+            _check_declared_labels(arr, names if class_names is None else None, path)
         case_names = names
         if case_names is None:
             present = sorted(set(np.unique(pl).tolist()) | set(np.unique(rl).tolist()))
