@@ -2,8 +2,24 @@
 
 All figures are saved through :func:`save_figure`, so one setting
 (``MEDSEG_FIGURES_DIR``) decides where they go and every file is written the
-same way (PNG, 110 dpi, tight bounding box, no timestamp metadata so the same
+same way (PNG, 150 dpi, tight bounding box, no timestamp metadata so the same
 run gives the same bytes).
+
+Display convention of the course
+--------------------------------
+Volumes are arrays in RAS voxel order: index ``x`` grows toward the patient's
+Right, ``y`` toward Anterior, ``z`` toward Superior. A 2D slice ``a`` with
+axes ``(horizontal, vertical)`` is drawn with ``imshow(a.T, origin="lower")``,
+so the first axis grows to the viewer's right and the second grows upward.
+Hence, in an axial slice ``image[:, :, z]``, the patient's Right is on the
+viewer's right and Anterior is at the top: the **neurological** convention
+("left is left", as if looking down at the head from above, or from behind).
+Radiological viewers show the mirror image (patient's Right on the viewer's
+left, as if facing the patient from the feet). Every anatomical figure
+therefore carries the orientation letters of its edges
+(:func:`orientation_labels`, :data:`ORIENTATION_LETTERS`) and a bar of known
+length in mm (:func:`scale_bar`); :func:`overlay` draws both when given
+``plane`` and ``spacing``.
 """
 
 from __future__ import annotations
@@ -20,7 +36,7 @@ from medseg_tf import settings
 LABEL_COLORS = ("#e41a1c", "#377eb8", "#4daf4a", "#ff7f00", "#984ea3")
 
 
-def save_figure(fig: matplotlib.figure.Figure, name: str, *, dpi: int = 110) -> Path:
+def save_figure(fig: matplotlib.figure.Figure, name: str, *, dpi: int = 150) -> Path:
     """Save ``fig`` as ``<figures_dir>/<name>`` (PNG) and return the path.
 
     Parameters
@@ -39,13 +55,128 @@ def save_figure(fig: matplotlib.figure.Figure, name: str, *, dpi: int = 110) -> 
     return path
 
 
+#: Letters at the (left, right, bottom, top) edges of a slice of a RAS volume drawn as in :func:`overlay`.
+ORIENTATION_LETTERS = {
+    "axial": ("L", "R", "P", "A"),      # image[:, :, z]: x (L->R) across, y (P->A) up
+    "coronal": ("L", "R", "I", "S"),    # image[:, y, :]: x (L->R) across, z (I->S) up
+    "sagittal": ("P", "A", "I", "S"),   # image[x, :, :]: y (P->A) across, z (I->S) up
+}
+
+#: Plane of the slices taken along each array axis of a RAS volume.
+PLANES = ("sagittal", "coronal", "axial")
+
+
+def plane_of_axis(axis: int) -> str:
+    """Name of the plane of slices taken along RAS array ``axis`` (0 sagittal, 1 coronal, 2 axial)."""
+    return PLANES[int(axis) % 3]
+
+
+def orientation_labels(ax, plane: str, *, color: str = "#ffe119", fontsize: float = 10) -> None:
+    """Write the patient-direction letters at the four edges of a slice drawn as in :func:`overlay`.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        Axes showing a slice of a RAS volume with ``imshow(a.T, origin="lower")``.
+    plane : {"axial", "coronal", "sagittal"}
+        Which slice it is (see :data:`ORIENTATION_LETTERS`; the module docstring
+        states the convention).
+    color, fontsize
+        Text colour and size in points.
+    """
+    if plane not in ORIENTATION_LETTERS:
+        raise ValueError(f"plane must be one of {sorted(ORIENTATION_LETTERS)}, got {plane!r}")
+    left, right, bottom, top = ORIENTATION_LETTERS[plane]
+    style = {"transform": ax.transAxes, "color": color, "fontsize": fontsize, "fontweight": "bold"}
+    ax.text(0.02, 0.5, left, ha="left", va="center", **style)
+    ax.text(0.98, 0.5, right, ha="right", va="center", **style)
+    ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
+    ax.text(0.5, 0.98, top, ha="center", va="top", **style)
+
+
+def nice_length(extent_mm: float, fraction: float = 0.25) -> float:
+    """A round bar length (1, 2 or 5 times a power of ten) close to ``fraction`` of ``extent_mm``."""
+    target = max(float(extent_mm) * fraction, 1e-6)
+    power = 10.0 ** np.floor(np.log10(target))
+    return float(max(m * power for m in (1, 2, 5, 10) if m * power <= target))
+
+
+def scale_bar(ax, mm: float | None = None, spacing: float = 1.0, *, loc: str = "lower right",
+              color: str = "white", fontsize: float = 9):
+    """Draw a horizontal bar ``mm`` millimetres long on a slice drawn as in :func:`overlay`.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        Axes whose horizontal data unit is one pixel (as after ``imshow``).
+    mm : float, optional
+        Bar length in mm; default a round length near a quarter of the slice width.
+    spacing : float
+        Pixel size along the horizontal axis of the display, in mm.
+    loc : str
+        Matplotlib location code of the bar.
+    color, fontsize
+        Colour of bar and text, text size in points.
+
+    Returns
+    -------
+    mpl_toolkits.axes_grid1.anchored_artists.AnchoredSizeBar
+        The artist added to ``ax``; its bar is ``mm / spacing`` pixels long.
+    """
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    spacing = float(spacing)
+    if not spacing > 0:
+        raise ValueError(f"spacing must be a positive pixel size in mm, got {spacing}")
+    if mm is None:
+        x0, x1 = ax.get_xlim()
+        mm = nice_length(abs(x1 - x0) * spacing)
+    label = f"{mm:g} mm"
+    bar = AnchoredSizeBar(ax.transData, float(mm) / spacing, label, loc, pad=0.3, borderpad=0.3,
+                          sep=2, frameon=False, color=color, size_vertical=0,
+                          fontproperties={"size": fontsize})
+    ax.add_artist(bar)
+    return bar
+
+
+def _decorate(ax, plane: str | None, spacing, scale_mm: float | None) -> None:
+    """Aspect ratio, orientation letters and scale bar of an anatomical slice (see :func:`overlay`)."""
+    if spacing is not None:
+        h, v = (float(s) for s in spacing)
+        ax.set_aspect(v / h)
+    if plane is not None:
+        orientation_labels(ax, plane)
+    if spacing is not None:
+        scale_bar(ax, scale_mm, h)
+
+
 def overlay(ax, image: np.ndarray, label: np.ndarray | None = None, *, alpha: float = 0.45,
-            title: str | None = None) -> None:
+            title: str | None = None, plane: str | None = None, spacing=None,
+            scale_mm: float | None = None) -> None:
     """Show a 2D ``image`` (rows, cols) in grey with ``label`` (same shape, ints) on top.
 
     The array's first axis runs left to right and its second bottom to top
-    (radiological display of a RAS slice: x to the right, y up); label 0 is
-    transparent.
+    (``imshow(a.T, origin="lower")``); for a slice of a RAS volume this is the
+    neurological convention (patient's Right on the viewer's right in axial and
+    coronal views; see the module docstring). Label 0 is transparent.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+    image : np.ndarray
+        2D ``(horizontal, vertical)`` slice.
+    label : np.ndarray, optional
+        Integer label map of the same shape.
+    alpha : float
+        Opacity of the label colours.
+    title : str, optional
+    plane : {"axial", "coronal", "sagittal"}, optional
+        Write the orientation letters of this plane on the edges (:func:`orientation_labels`).
+    spacing : (float, float), optional
+        Pixel size in mm along the two axes of ``image``: sets the aspect ratio
+        and adds a :func:`scale_bar`.
+    scale_mm : float, optional
+        Length of that bar in mm (default: a round length near a quarter of the width).
     """
     ax.imshow(np.asarray(image).T, cmap="gray", origin="lower", interpolation="nearest")
     if label is not None:
@@ -60,12 +191,13 @@ def overlay(ax, image: np.ndarray, label: np.ndarray | None = None, *, alpha: fl
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=10)
+    _decorate(ax, plane, spacing, scale_mm)
 
 
 def triplanar(image: np.ndarray, label: np.ndarray | None = None, spacing=(1.0, 1.0, 1.0),
               center: tuple[int, int, int] | None = None, title: str | None = None,
-              figsize=(9.0, 3.2)) -> matplotlib.figure.Figure:
+              figsize=(9.0, 3.2), scale_mm: float | None = None) -> matplotlib.figure.Figure:
     """Axial, coronal and sagittal slices of a RAS volume through ``center``.
 
     Parameters
@@ -79,6 +211,11 @@ def triplanar(image: np.ndarray, label: np.ndarray | None = None, spacing=(1.0, 
     center : (x, y, z), optional
         Voxel the three planes pass through (default: centre of the foreground,
         or of the volume).
+    scale_mm : float, optional
+        Length of the scale bar in every panel (default: a round length near a
+        quarter of each panel's width).
+
+    Each panel carries its orientation letters and a scale bar (module docstring).
     """
     image = np.asarray(image)
     if center is None:
@@ -87,18 +224,17 @@ def triplanar(image: np.ndarray, label: np.ndarray | None = None, spacing=(1.0, 
         else:
             center = tuple(n // 2 for n in image.shape[:3])
     sx, sy, sz = (float(s) for s in spacing)
-    views = [  # (name, 2D slice as (horizontal, vertical), aspect = vertical/horizontal spacing)
-        ("axial (z={})".format(center[2]), np.s_[:, :, center[2]], sy / sx),
-        ("coronal (y={})".format(center[1]), np.s_[:, center[1], :], sz / sx),
-        ("sagittal (x={})".format(center[0]), np.s_[center[0], :, :], sz / sy),
+    views = [  # (plane, 2D slice as (horizontal, vertical), in-plane spacing (horizontal, vertical))
+        ("axial", f"z={center[2]}", np.s_[:, :, center[2]], (sx, sy)),
+        ("coronal", f"y={center[1]}", np.s_[:, center[1], :], (sx, sz)),
+        ("sagittal", f"x={center[0]}", np.s_[center[0], :, :], (sy, sz)),
     ]
     fig, axes = plt.subplots(1, 3, figsize=figsize)
-    for ax, (name, index, aspect) in zip(axes, views):
-        overlay(ax, image[index], None if label is None else label[index], title=name)
-        for im in ax.get_images():
-            im.axes.set_aspect(aspect)
+    for ax, (plane, where, index, pixel) in zip(axes, views):
+        overlay(ax, image[index], None if label is None else label[index], title=f"{plane} ({where})",
+                plane=plane, spacing=pixel, scale_mm=scale_mm)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -165,11 +301,12 @@ def error_legend(target, *, loc: str = "lower right", **kwargs) -> None:
     from matplotlib.patches import Patch
 
     handles = [Patch(color=color, label=name) for name, color in ERROR_COLORS.values()]
-    target.legend(handles=handles, loc=loc, **{"fontsize": 7, "framealpha": 0.8, **kwargs})
+    target.legend(handles=handles, loc=loc, **{"fontsize": 8, "framealpha": 0.8, **kwargs})
 
 
 def error_overlay(ax, image: np.ndarray, reference: np.ndarray, prediction: np.ndarray, *,
-                  alpha: float = 0.75, title: str | None = None, legend: bool = False) -> None:
+                  alpha: float = 0.75, title: str | None = None, legend: bool = False,
+                  plane: str | None = None, spacing=None, scale_mm: float | None = None) -> None:
     """Show a 2D ``image`` (rows, cols) in grey with the :func:`error_map` of a prediction on top.
 
     Same display convention as :func:`overlay` (first axis left to right,
@@ -186,6 +323,8 @@ def error_overlay(ax, image: np.ndarray, reference: np.ndarray, prediction: np.n
     title : str, optional
     legend : bool
         Add :func:`error_legend`.
+    plane, spacing, scale_mm
+        Orientation letters, pixel size in mm and scale bar, as in :func:`overlay`.
     """
     image = np.asarray(image)
     codes = error_map(reference, prediction)
@@ -200,7 +339,8 @@ def error_overlay(ax, image: np.ndarray, reference: np.ndarray, prediction: np.n
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=10)
+    _decorate(ax, plane, spacing, scale_mm)
     if legend:
         error_legend(ax)
 
@@ -262,7 +402,7 @@ def segmentation_gallery(cases, *, axis: int = 2, panel_size: float = 2.2) -> ma
         Each with ``title`` (str), ``image`` (float (X, Y, Z), RAS voxel order),
         ``reference`` and ``prediction`` (integer label maps of the same shape)
         and optionally ``spacing`` (3 floats in mm; sets the panel aspect so the
-        anatomy is not stretched).
+        anatomy is not stretched and adds a scale bar to every panel).
     axis : int
         Axis the slices are taken along (2: axial (X, Y) slices). The slice is
         :func:`pick_slice` of the reference (of the prediction when the reference is empty).
@@ -272,7 +412,8 @@ def segmentation_gallery(cases, *, axis: int = 2, panel_size: float = 2.2) -> ma
     Returns
     -------
     matplotlib.figure.Figure
-        ``len(cases)`` rows x 4 columns of axes.
+        ``len(cases)`` rows x 4 columns of axes. The first panel of each row
+        carries the orientation letters of the plane.
     """
     cases = list(cases)
     if not cases:
@@ -287,15 +428,13 @@ def segmentation_gallery(cases, *, axis: int = 2, panel_size: float = 2.2) -> ma
                              f"arrays of one shape, got {image.shape}, {ref.shape}, {pred.shape}")
         k = pick_slice(ref if np.any(ref) else pred, axis)
         im2, ref2, pred2 = (np.take(a, k, axis=axis) for a in (image, ref, pred))
-        overlay(row[0], im2, None, title=f"{case['title']} ({'xyz'[axis]}={k})")
-        overlay(row[1], im2, ref2, title="reference")
-        overlay(row[2], im2, pred2, title="prediction")
-        error_overlay(row[3], im2, ref2, pred2, title="errors")
         spacing = case.get("spacing")
-        if spacing is not None:
-            h, v = (float(s) for i, s in enumerate(spacing) if i != axis)
-            for ax in row:
-                ax.set_aspect(v / h)
+        pixel = None if spacing is None else tuple(float(s) for i, s in enumerate(spacing) if i != axis)
+        plane = plane_of_axis(axis)
+        overlay(row[0], im2, None, title=f"{case['title']} ({'xyz'[axis]}={k})", plane=plane, spacing=pixel)
+        overlay(row[1], im2, ref2, title="reference", spacing=pixel)
+        overlay(row[2], im2, pred2, title="prediction", spacing=pixel)
+        error_overlay(row[3], im2, ref2, pred2, title="errors", spacing=pixel)
     fig.tight_layout()
     error_legend(fig, loc="upper center", ncol=len(ERROR_COLORS), bbox_to_anchor=(0.5, 0.0), fontsize=8)
     return fig

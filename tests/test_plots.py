@@ -143,3 +143,61 @@ def test_metric_boxplots_hue_adds_legend_and_checks_columns():
         plots.metric_boxplots(df, ["dice", "nsd"])
     with pytest.raises(ValueError, match="at least one"):
         plots.metric_boxplots(df, [])
+
+
+def test_save_figure_default_is_150_dpi(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSEG_FIGURES_DIR", str(tmp_path))
+    fig = plt.figure(figsize=(2, 1))
+    path = plots.save_figure(fig, "dpi")
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.info["dpi"] == pytest.approx((150, 150), abs=0.5)
+
+
+@pytest.mark.parametrize("plane,letters", [("axial", "LRPA"), ("coronal", "LRIS"), ("sagittal", "PAIS")])
+def test_orientation_labels_put_the_patient_directions_on_the_edges(plane, letters):
+    fig, ax = plt.subplots()
+    plots.orientation_labels(ax, plane)
+    texts = {t.get_text(): t.get_position() for t in ax.texts}
+    left, right, bottom, top = letters
+    assert texts[left][0] < 0.1 and texts[right][0] > 0.9
+    assert texts[bottom][1] < 0.1 and texts[top][1] > 0.9
+    with pytest.raises(ValueError, match="plane"):
+        plots.orientation_labels(ax, "transverse")
+
+
+def test_ras_display_puts_patient_right_on_viewer_right():
+    # x grows toward the patient's Right; overlay draws the first axis left to right
+    image = np.zeros((5, 3))
+    image[-1, 1] = 1.0  # the voxel farthest to the patient's Right
+    fig, ax = plt.subplots()
+    plots.overlay(ax, image, plane="axial")
+    shown = np.asarray(ax.get_images()[0].get_array())
+    assert shown.shape == (3, 5) and shown[1, -1] == 1.0  # last display column = viewer's right
+    assert plots.ORIENTATION_LETTERS["axial"][1] == "R"
+    assert [plots.plane_of_axis(a) for a in (0, 1, 2, -1)] == ["sagittal", "coronal", "axial", "axial"]
+
+
+def test_scale_bar_length_in_pixels_and_nice_default():
+    fig, ax = plt.subplots()
+    plots.overlay(ax, np.zeros((40, 20)), spacing=(0.5, 2.0), scale_mm=5)
+    assert ax.get_aspect() == pytest.approx(4.0)
+    bars = [a for a in ax.artists if a.__class__.__name__ == "AnchoredSizeBar"]
+    assert len(bars) == 1
+    rect = bars[0].size_bar.get_children()[0]
+    assert rect.get_width() == pytest.approx(10.0)  # 5 mm at 0.5 mm per pixel
+    assert bars[0].txt_label.get_text() == "5 mm"
+    assert [plots.nice_length(w) for w in (35, 100, 9, 240)] == [5.0, 20.0, 2.0, 50.0]
+    with pytest.raises(ValueError, match="spacing"):
+        plots.scale_bar(ax, 5, 0.0)
+
+
+def test_triplanar_panels_carry_letters_and_scale_bars():
+    vol = np.zeros((6, 8, 10))
+    fig = plots.triplanar(vol, spacing=(1.0, 1.0, 2.0), scale_mm=2)
+    for ax, plane in zip(fig.axes, ("axial", "coronal", "sagittal")):
+        assert ax.get_title().startswith(plane)
+        assert {t.get_text() for t in ax.texts} == set(plots.ORIENTATION_LETTERS[plane])
+        assert len(ax.artists) == 1
+    assert fig.axes[1].get_aspect() == pytest.approx(2.0)
