@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -71,6 +70,7 @@ from medseg_tf import io, preprocessing
 from medseg_tf.augment import flip_axes
 from medseg_tf.errors import ConfigError, DataError, OverwriteError
 from medseg_tf.postprocessing import keep_largest_component
+from medseg_tf.sliding import gaussian_importance_map, predict_slices, predict_windows, sliding_window_starts
 
 __all__ = [
     "gaussian_importance_map",
@@ -84,64 +84,8 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- helpers
-def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8) -> np.ndarray:
-    """Gaussian weights of a patch for blending overlapping sliding-window predictions.
-
-    ``w(i) = prod_d exp(-(i_d - c_d)**2 / (2 sigma_d**2))`` with ``c_d = (p_d - 1) / 2`` the
-    patch centre (so the map is symmetric under flips) and ``sigma_d = sigma_scale * p_d``.
-
-    Parameters
-    ----------
-    patch_size : sequence of int
-        Patch shape in voxels, e.g. (64, 64, 32).
-    sigma_scale : float
-        Standard deviation as a fraction of the patch size (nnU-Net: 1/8).
-
-    Returns
-    -------
-    np.ndarray
-        float32, shape ``patch_size``, maximum 1 at the centre, strictly positive
-        (corner weights of a 3D patch are about ``exp(-24) ~ 4e-11``).
-    """
-    if sigma_scale <= 0:
-        raise ValueError(f"sigma_scale must be positive, got {sigma_scale}")
-    weights = np.ones((), dtype=np.float64)
-    for p in patch_size:
-        if int(p) < 1:
-            raise ValueError(f"patch sizes must be positive, got {tuple(patch_size)}")
-        i = np.arange(int(p), dtype=np.float64)
-        g = np.exp(-((i - (p - 1) / 2.0) ** 2) / (2.0 * (sigma_scale * p) ** 2))
-        weights = np.multiply.outer(weights, g)
-    weights /= weights.max()
-    return weights.astype(np.float32)
-
-
-def sliding_window_starts(size: int, patch: int, overlap: float = 0.5) -> list[int]:
-    """Start indices of windows of length ``patch`` covering ``range(size)``.
-
-    The number of windows is the smallest that keeps consecutive windows at
-    most ``patch * (1 - overlap)`` apart; the windows are then spread evenly from
-    0 to ``size - patch`` (nnU-Net's rule), so the first and last touch the ends.
-
-    Parameters
-    ----------
-    size : int
-        Length of the (padded) axis, ``>= patch``.
-    patch : int
-        Window length.
-    overlap : float
-        Fraction of the window shared with the next one, in [0, 1).
-    """
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    if size < patch:
-        raise ValueError(f"axis of size {size} is smaller than the patch ({patch}); pad it first")
-    step = max(1.0, patch * (1.0 - overlap))
-    n = int(math.ceil((size - patch) / step)) + 1
-    if n == 1:
-        return [0]
-    actual = (size - patch) / (n - 1)
-    return [int(round(actual * k)) for k in range(n)]
+# gaussian_importance_map and sliding_window_starts live in medseg_tf.sliding (NumPy only, shared
+# with medseg_tf.onnx_predict) and are re-exported here.
 
 
 def _predict_batches(model, x: np.ndarray, batch_size: int, from_logits: bool) -> np.ndarray:
@@ -175,61 +119,18 @@ def _model_spatial_shape(model, n_spatial: int) -> tuple[int, ...] | None:
     return None if any(s is None for s in spatial) else tuple(int(s) for s in spatial)
 
 
-def _padded_target(shape: Sequence[int], divisor: int, minimum: Sequence[int] | None) -> list[int]:
-    target = [int(math.ceil(n / divisor) * divisor) for n in shape]
-    if minimum is not None:
-        target = [max(t, int(m)) for t, m in zip(target, minimum)]
-    return target
-
-
 def _predict_2d(model, image: np.ndarray, axis: int, batch_size: int, divisor: int,
                 from_logits: bool, pad_value: float = 0.0) -> np.ndarray:
-    slices = np.moveaxis(image, axis, 0)                       # (N, H, W, Cin)
-    fixed = _model_spatial_shape(model, 2)
-    target = _padded_target(slices.shape[1:3], divisor, None)
-    if fixed is not None:
-        if any(t > f for t, f in zip(slices.shape[1:3], fixed)):
-            raise ValueError(f"slices of shape {slices.shape[1:3]} are larger than the model's fixed "
-                             f"input {fixed}")
-        target = list(fixed)
-    padded, pads = preprocessing.pad_to_shape(slices, [slices.shape[0], *target], value=pad_value)
-    probs = _predict_batches(model, padded, batch_size, from_logits)
-    probs = preprocessing.unpad(probs, pads)
-    return np.moveaxis(probs, 0, axis)
+    return predict_slices(lambda b: _predict_batches(model, b, batch_size, from_logits), image, axis,
+                          batch_size=batch_size, divisor=divisor, fixed=_model_spatial_shape(model, 2),
+                          pad_value=pad_value)
 
 
 def _predict_3d(model, image: np.ndarray, patch_size: Sequence[int] | None, overlap: float,
                 batch_size: int, divisor: int, from_logits: bool, pad_value: float = 0.0) -> np.ndarray:
-    if patch_size is None:
-        patch_size = _model_spatial_shape(model, 3)
-    if patch_size is None:                                     # whole volume in one call
-        target = _padded_target(image.shape[:3], divisor, None)
-        padded, pads = preprocessing.pad_to_shape(image, target, value=pad_value)
-        probs = _predict_batches(model, padded[None], 1, from_logits)[0]
-        return preprocessing.unpad(probs, pads)
-
-    patch = [int(p) for p in patch_size]
-    if len(patch) != 3:
-        raise ValueError(f"patch_size must have 3 entries for a 3D model, got {tuple(patch_size)}")
-    if any(p % divisor for p in patch):
-        raise ValueError(f"patch_size {tuple(patch)} must be divisible by divisor={divisor}")
-    padded, pads = preprocessing.pad_to_shape(image, patch, value=pad_value)
-    starts = [sliding_window_starts(n, p, overlap) for n, p in zip(padded.shape[:3], patch)]
-    corners = list(itertools.product(*starts))
-    weights = gaussian_importance_map(patch)[..., None]
-    acc = None
-    norm = np.zeros(padded.shape[:3] + (1,), dtype=np.float32)
-    for first in range(0, len(corners), batch_size):
-        chunk = corners[first:first + batch_size]
-        boxes = [tuple(slice(c, c + p) for c, p in zip(corner, patch)) for corner in chunk]
-        batch = np.stack([padded[box] for box in boxes])
-        probs = _predict_batches(model, batch, batch_size, from_logits)
-        if acc is None:
-            acc = np.zeros(padded.shape[:3] + (probs.shape[-1],), dtype=np.float32)
-        for box, p in zip(boxes, probs):
-            acc[box] += p * weights
-            norm[box] += weights
-    return preprocessing.unpad(acc / norm, pads)
+    return predict_windows(lambda b: _predict_batches(model, b, batch_size, from_logits), image,
+                           patch_size if patch_size is not None else _model_spatial_shape(model, 3),
+                           overlap=overlap, batch_size=batch_size, divisor=divisor, pad_value=pad_value)
 
 
 def _flip_sets(axes: Sequence[int]) -> list[tuple[int, ...]]:

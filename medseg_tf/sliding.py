@@ -1,0 +1,280 @@
+"""Whole-volume prediction with any model, in NumPy: slices, sliding windows, Gaussian blending.
+
+This module knows nothing of the network: every function takes a
+``predict_batch`` callable that maps a float32 batch ``(N, *spatial, Cin)`` to
+float32 class probabilities ``(N, *spatial, C)`` (like MONAI's
+``sliding_window_inference(inputs, roi_size, sw_batch_size, predictor)``).
+:mod:`medseg_tf.inference` passes a Keras model wrapped in such a callable,
+:mod:`medseg_tf.onnx_predict` an ONNX Runtime session, so both give the same
+labels from the same maths. NumPy, SciPy and nibabel only: no TensorFlow or
+Keras import, directly or indirectly.
+
+Conventions: channels-last, volumes ``(X, Y, Z)`` or ``(X, Y, Z, Cin)`` in RAS
+voxel order after :func:`medseg_tf.io.reorient_to_ras`; a 2D model slides
+along ``axis``. Inputs are padded (with ``pad_value``, by default the volume's
+minimum, as the training pipeline pads its crops) to a multiple of
+``divisor`` or to the patch, and the output cropped back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from medseg_tf import io, preprocessing
+from medseg_tf.errors import DataError
+
+__all__ = [
+    "gaussian_importance_map",
+    "sliding_window_starts",
+    "padded_target",
+    "probabilities_from_logits",
+    "predict_slices",
+    "predict_windows",
+    "predict_image",
+    "prepare_image",
+    "labels_from_probs",
+]
+
+PredictBatch = Callable[[np.ndarray], np.ndarray]
+
+
+def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8) -> np.ndarray:
+    """Gaussian weights of a patch for blending overlapping sliding-window predictions.
+
+    ``w(i) = prod_d exp(-(i_d - c_d)**2 / (2 sigma_d**2))`` with ``c_d = (p_d - 1) / 2`` the
+    patch centre (so the map is symmetric under flips) and ``sigma_d = sigma_scale * p_d``.
+
+    Parameters
+    ----------
+    patch_size : sequence of int
+        Patch shape in voxels, e.g. (64, 64, 32).
+    sigma_scale : float
+        Standard deviation as a fraction of the patch size (nnU-Net: 1/8).
+
+    Returns
+    -------
+    np.ndarray
+        float32, shape ``patch_size``, maximum 1 at the centre, strictly positive
+        (corner weights of a 3D patch are about ``exp(-24) ~ 4e-11``).
+    """
+    if sigma_scale <= 0:
+        raise ValueError(f"sigma_scale must be positive, got {sigma_scale}")
+    weights = np.ones((), dtype=np.float64)
+    for p in patch_size:
+        if int(p) < 1:
+            raise ValueError(f"patch sizes must be positive, got {tuple(patch_size)}")
+        i = np.arange(int(p), dtype=np.float64)
+        g = np.exp(-((i - (p - 1) / 2.0) ** 2) / (2.0 * (sigma_scale * p) ** 2))
+        weights = np.multiply.outer(weights, g)
+    weights /= weights.max()
+    return weights.astype(np.float32)
+
+
+def sliding_window_starts(size: int, patch: int, overlap: float = 0.5) -> list[int]:
+    """Start indices of windows of length ``patch`` covering ``range(size)``.
+
+    The number of windows is the smallest that keeps consecutive windows at
+    most ``patch * (1 - overlap)`` apart; the windows are then spread evenly from
+    0 to ``size - patch`` (nnU-Net's rule), so the first and last touch the ends.
+
+    Parameters
+    ----------
+    size : int
+        Length of the (padded) axis, ``>= patch``.
+    patch : int
+        Window length.
+    overlap : float
+        Fraction of the window shared with the next one, in [0, 1).
+    """
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if size < patch:
+        raise ValueError(f"axis of size {size} is smaller than the patch ({patch}); pad it first")
+    step = max(1.0, patch * (1.0 - overlap))
+    n = int(math.ceil((size - patch) / step)) + 1
+    if n == 1:
+        return [0]
+    actual = (size - patch) / (n - 1)
+    return [int(round(actual * k)) for k in range(n)]
+
+
+def padded_target(shape: Sequence[int], divisor: int, minimum: Sequence[int] | None = None) -> list[int]:
+    """Each size rounded up to a multiple of ``divisor``, and at least ``minimum`` if given."""
+    target = [int(math.ceil(n / divisor) * divisor) for n in shape]
+    if minimum is not None:
+        target = [max(t, int(m)) for t, m in zip(target, minimum)]
+    return target
+
+
+def probabilities_from_logits(y: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis (sigmoid for one channel), float32."""
+    y = np.asarray(y, dtype=np.float32)
+    if y.shape[-1] == 1:
+        return (1.0 / (1.0 + np.exp(-y))).astype(np.float32)
+    y = np.exp(y - y.max(axis=-1, keepdims=True))
+    return (y / y.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _in_chunks(predict_batch: PredictBatch, x: np.ndarray, batch_size: int) -> np.ndarray:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    outs = [np.asarray(predict_batch(x[s:s + batch_size]), dtype=np.float32)
+            for s in range(0, x.shape[0], batch_size)]
+    return np.concatenate(outs, axis=0)
+
+
+def predict_slices(predict_batch: PredictBatch, image: np.ndarray, axis: int, *, batch_size: int = 16,
+                   divisor: int = 16, fixed: Sequence[int] | None = None, pad_value: float = 0.0) -> np.ndarray:
+    """Probabilities of a volume from a 2D model, slice by slice along ``axis``, in chunks of ``batch_size``.
+
+    Parameters
+    ----------
+    predict_batch : callable
+        ``(N, H, W, Cin) -> (N, H, W, C)`` probabilities.
+    image : np.ndarray
+        float32 ``(X, Y, Z, Cin)``.
+    axis : int
+        Axis sliced along (0, 1 or 2).
+    fixed : 2 ints, optional
+        The model's fixed input size; slices are padded to it (error if larger).
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``(X, Y, Z, C)``.
+    """
+    slices = np.moveaxis(image, axis, 0)                       # (N, H, W, Cin)
+    target = padded_target(slices.shape[1:3], divisor)
+    if fixed is not None:
+        if any(t > f for t, f in zip(slices.shape[1:3], fixed)):
+            raise ValueError(f"slices of shape {slices.shape[1:3]} are larger than the model's fixed "
+                             f"input {tuple(fixed)}")
+        target = [int(f) for f in fixed]
+    padded, pads = preprocessing.pad_to_shape(slices, [slices.shape[0], *target], value=pad_value)
+    probs = preprocessing.unpad(_in_chunks(predict_batch, padded, batch_size), pads)
+    return np.moveaxis(probs, 0, axis)
+
+
+def predict_windows(predict_batch: PredictBatch, image: np.ndarray, patch_size: Sequence[int] | None, *,
+                    overlap: float = 0.5, batch_size: int = 2, divisor: int = 16,
+                    pad_value: float = 0.0) -> np.ndarray:
+    """Probabilities of a volume from a 3D model: whole padded volume, or Gaussian-blended sliding windows.
+
+    Parameters
+    ----------
+    predict_batch : callable
+        ``(N, px, py, pz, Cin) -> (N, px, py, pz, C)`` probabilities.
+    image : np.ndarray
+        float32 ``(X, Y, Z, Cin)``.
+    patch_size : 3 ints or None
+        Window in voxels (each divisible by ``divisor``); None: the whole volume
+        padded to a multiple of ``divisor`` in one call.
+    overlap : float
+        Fraction of a window shared with its neighbour, in [0, 1).
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``(X, Y, Z, C)``.
+    """
+    if patch_size is None:
+        padded, pads = preprocessing.pad_to_shape(image, padded_target(image.shape[:3], divisor), value=pad_value)
+        return preprocessing.unpad(_in_chunks(predict_batch, padded[None], 1)[0], pads)
+    patch = [int(p) for p in patch_size]
+    if len(patch) != 3:
+        raise ValueError(f"patch_size must have 3 entries for a 3D model, got {tuple(patch_size)}")
+    if any(p % divisor for p in patch):
+        raise ValueError(f"patch_size {tuple(patch)} must be divisible by divisor={divisor}")
+    padded, pads = preprocessing.pad_to_shape(image, patch, value=pad_value)
+    starts = [sliding_window_starts(n, p, overlap) for n, p in zip(padded.shape[:3], patch)]
+    corners = list(itertools.product(*starts))
+    weights = gaussian_importance_map(patch)[..., None]
+    acc = None
+    norm = np.zeros(padded.shape[:3] + (1,), dtype=np.float32)
+    for first in range(0, len(corners), batch_size):
+        boxes = [tuple(slice(c, c + p) for c, p in zip(corner, patch)) for corner in corners[first:first + batch_size]]
+        probs = _in_chunks(predict_batch, np.stack([padded[box] for box in boxes]), batch_size)
+        if acc is None:
+            acc = np.zeros(padded.shape[:3] + (probs.shape[-1],), dtype=np.float32)
+        for box, p in zip(boxes, probs):
+            acc[box] += p * weights
+            norm[box] += weights
+    return preprocessing.unpad(acc / norm, pads)
+
+
+def predict_image(predict_batch: PredictBatch, image: np.ndarray, config: Mapping, *, batch_size: int = 16,
+                  fixed: Sequence[int] | None = None) -> np.ndarray:
+    """Probabilities of a normalised RAS volume, with the settings of a training ``config``.
+
+    Reads ``dims``, ``slice_axis``, ``patch_size``, ``overlap``, ``context_slices``
+    (2.5D: neighbouring slices stacked as channels), ``divisor`` / ``model.depth``
+    (see :mod:`medseg_tf.inference`). The padding value is the volume's minimum.
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``(X, Y, Z, C)``.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 3:
+        image = image[..., None]
+    dims = int(config["dims"])
+    fill = float(image.min())
+    divisor = config_divisor(config)
+    if dims == 2:
+        axis = int(config.get("slice_axis", 2)) % 3
+        context = int(config.get("context_slices", 0) or 0)
+        if context:
+            image = preprocessing.stack_neighbour_slices(image, axis, context)
+        return predict_slices(predict_batch, image, axis, batch_size=batch_size, divisor=divisor, fixed=fixed,
+                              pad_value=fill)
+    if dims != 3:
+        raise ValueError(f"dims must be 2 or 3, got {dims!r}")
+    return predict_windows(predict_batch, image, config.get("patch_size") or fixed,
+                           overlap=float(config.get("overlap", 0.5)), batch_size=batch_size, divisor=divisor,
+                           pad_value=fill)
+
+
+def config_divisor(config: Mapping) -> int:
+    """Pad multiple: ``divisor``, else ``2**depth`` (top level or ``model.depth``), else 16."""
+    if config.get("divisor") is not None:
+        return int(config["divisor"])
+    depth = config.get("depth")
+    if depth is None and isinstance(config.get("model"), Mapping):
+        depth = config["model"].get("depth")
+    return 2 ** int(depth) if depth is not None else 16
+
+
+def prepare_image(vol: io.Volume, config: Mapping) -> tuple[np.ndarray, tuple[float, ...]]:
+    """The model's input for a loaded image: RAS voxel order, normalised, resampled as in training.
+
+    Returns
+    -------
+    image : np.ndarray
+        float32 ``(X, Y, Z)`` or ``(X, Y, Z, C)`` in RAS order.
+    spacing : tuple of float
+        The RAS spacing in mm before any resampling.
+    """
+    ras = io.reorient_to_ras(vol)
+    data = np.asarray(ras.data, dtype=np.float32)
+    if data.ndim not in (3, 4):
+        raise DataError(vol.path, f"expected a 3D image (or 4D with channels last), got shape {data.shape}")
+    method = config.get("normalization", "zscore") or "none"
+    if data.ndim == 3:
+        image = preprocessing.normalize(data, method)
+    else:
+        image = np.stack([preprocessing.normalize(data[..., c], method) for c in range(data.shape[-1])], axis=-1)
+    if config.get("target_spacing") is not None:
+        image = preprocessing.resample_to_spacing(image, ras.spacing, config["target_spacing"], order=1)
+    return image, tuple(ras.spacing)
+
+
+def labels_from_probs(probs: np.ndarray) -> np.ndarray:
+    """uint8 labels: argmax over classes (threshold 0.5 for one sigmoid channel)."""
+    if probs.shape[-1] == 1:
+        return (probs[..., 0] > 0.5).astype(np.uint8)
+    return np.argmax(probs, axis=-1).astype(np.uint8)
