@@ -197,6 +197,7 @@ class MSDDataset:
         image = load_nifti(c.image_path)
         label = load_nifti(c.label_path)
         validate_pair(image, label, allowed_labels=set(self.labels))
+        self._check_channels(image)
         image.data = image.data.astype(np.float32, copy=False)
         label.data = np.rint(label.data).astype(np.uint8)
         if ras:
@@ -209,10 +210,30 @@ class MSDDataset:
         data = image.data if image.data.ndim == 3 else image.data[..., 0]
         return data, label.data, image.spacing[:3]
 
+    def _check_channels(self, image: Volume) -> None:
+        """Raise :class:`DataError` unless a multi-modal image has one channel per declared modality."""
+        n_mod = len(self.modality)
+        n_ch = image.shape[3] if image.data.ndim == 4 else 1
+        if n_mod > 1 and n_ch != n_mod:
+            names = ", ".join(self.modality[k] for k in sorted(self.modality))
+            raise DataError(image.path, f"has {n_ch} channel(s) (shape {image.shape}) but dataset.json declares "
+                                        f"{n_mod} modalities ({names}); expected shape (X, Y, Z, {n_mod})")
+
+    def load_channels(self, key: int | str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+        """Image with every channel (float32, ``(X, Y, Z, C)``, ``C = 1`` for a 3D image), label and spacing (mm), RAS.
+
+        Unlike :meth:`load_arrays`, which keeps only the first channel, this keeps all
+        modalities of a multi-modal task (e.g. MSD Task01: FLAIR, T1w, T1gd, T2w).
+        """
+        image, label = self.load_case(key)
+        data = image.data if image.data.ndim == 4 else image.data[..., None]
+        return data, label.data, image.spacing[:3]
+
     def load_image(self, case: Case, *, ras: bool = True) -> Volume:
         """Load and validate an image without label (e.g. from ``imagesTs``)."""
         image = load_nifti(case.image_path)
         validate_image(image)
+        self._check_channels(image)
         image.data = image.data.astype(np.float32, copy=False)
         return reorient_to_ras(image) if ras else image
 
@@ -296,7 +317,9 @@ def write_msd_dataset(out_dir: str | os.PathLike, cases: list[tuple[str, np.ndar
         Target folder. Written into a temporary sibling and renamed into place
         when complete, so a half-written data set never looks complete.
     cases : list of (case_id, image, label, affine)
-        image float32 ``(X, Y, Z)``, label uint8 ``(X, Y, Z)``, affine 4x4 (mm).
+        image float32 ``(X, Y, Z)`` or ``(X, Y, Z, C)`` (multi-modal, channels last as
+        MSD Task01; ``tensorImageSize`` becomes ``"4D"``), label uint8 ``(X, Y, Z)``,
+        affine 4x4 (mm).
     name, labels, modality, description, licence : dataset.json fields.
     overwrite : bool
         If False (default) and ``out_dir`` exists and is not empty, raise
@@ -326,7 +349,8 @@ def write_msd_dataset(out_dir: str | os.PathLike, cases: list[tuple[str, np.ndar
             save_nifti(np.asarray(label, np.uint8), tmp / "labelsTr" / f"{case_id}.nii.gz", affine=affine)
             training.append({"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"})
         meta = {
-            "name": name, "description": description, "licence": licence, "tensorImageSize": "3D",
+            "name": name, "description": description, "licence": licence,
+            "tensorImageSize": "4D" if any(np.ndim(c[1]) == 4 for c in cases) else "3D",
             "modality": {str(k): v for k, v in (modality or {0: "MRI"}).items()},
             "labels": {str(k): v for k, v in sorted(labels.items())},
             "numTraining": len(training), "numTest": 0, "training": training, "test": [],
