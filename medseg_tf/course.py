@@ -1,19 +1,35 @@
-"""Run the course notebooks top to bottom, headless (the "main job").
+"""Run the course notebooks top to bottom, headless (the "main job"), and make student versions.
 
 ``python -m medseg_tf course`` executes every ``notebooks/NN_*.ipynb`` in
-order with :mod:`nbclient`, writes the executed notebook back in place
-(execution counts 1..N, outputs included) and so regenerates ``figures/``.
-It prints which notebook runs and how long it took, and stops at the first
-failing cell, showing that cell and the error. Nothing imports this module.
+order with :mod:`nbclient` and, by default, writes the executed notebooks,
+the figures and a table of running times into an output folder
+(``build/course/<dataset>/``: ``notebooks/``, ``figures/``, ``times.csv``),
+so that the repository's tracked files stay as they are. ``--update`` writes
+the executed notebooks over the committed ones and the figures into
+``figures/`` (``figures/<dataset>/`` for a data set other than the phantom,
+so a run on real MRI never overwrites the phantom figures).
+
+While a notebook runs, the runner shows which cell runs, the elapsed time and
+the last line the notebook printed (a training epoch, a progress bar); it
+stops at the first failing cell, showing that cell and the error.
+
+``--student OUT`` writes student versions of the notebooks: every cell tagged
+``solution`` is removed and outputs are cleared. :func:`solution_dependencies`
+checks statically that no later cell uses a name that only a solution cell
+defines. Nothing imports this module.
 """
 
 from __future__ import annotations
 
+import ast
+import csv
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Mapping, TextIO
 
 import nbformat
 from nbclient import NotebookClient
@@ -22,11 +38,14 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError
 from medseg_tf import settings
 
 NOTEBOOKS_DIR = settings.REPO_ROOT / "notebooks"
+#: Default output folder of ``python -m medseg_tf course`` (git-ignored ``build/``).
+DEFAULT_OUT = settings.REPO_ROOT / "build" / "course"
+SOLUTION_TAG = "solution"
 
 
 def list_notebooks(folder: Path = NOTEBOOKS_DIR, only: list[str] | None = None) -> list[Path]:
     """Numbered notebooks ``NN_*.ipynb`` in order; ``only`` keeps those whose name starts with one of its items."""
-    books = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    books = sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb"))
     if only:
         books = [p for p in books if any(p.name.startswith(o) for o in only)]
     return books
@@ -61,7 +80,118 @@ def strip_tf_logs(nb) -> None:
         cell["outputs"] = kept
 
 
-def execute_notebook(path: Path, *, timeout: int = 1800, write: bool = True, env: dict | None = None) -> float:
+def resolve_env_paths(env: Mapping[str, str], cwd: Path | None = None) -> dict[str, str]:
+    """``env`` with relative ``MEDSEG_*_DIR`` values made absolute from ``cwd`` (default: the current folder).
+
+    The kernel runs in the notebook's folder, so a relative ``MEDSEG_DATA_DIR=mydata`` typed in the
+    repository root would otherwise point into ``notebooks/mydata``.
+    """
+    cwd = Path.cwd() if cwd is None else Path(cwd)
+    resolved = dict(env)
+    for key, value in env.items():
+        if key.startswith("MEDSEG_") and key.endswith("_DIR") and value.strip():
+            path = Path(value.strip()).expanduser()
+            resolved[key] = str(path if path.is_absolute() else (cwd / path).resolve())
+    return resolved
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class Progress:
+    """What the runner prints while a notebook executes.
+
+    On a terminal one line per notebook is redrawn in place (cell, elapsed time, the last line the
+    notebook printed). Elsewhere (a log file, CI) lines are appended: one for every cell that took at
+    least ``min_cell_seconds`` and, at most every ``heartbeat_seconds``, the notebook's latest output line.
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, live: bool | None = None,
+                 min_cell_seconds: float = 5.0, heartbeat_seconds: float = 15.0):
+        self.stream = stream or sys.stdout
+        self.live = self.stream.isatty() if live is None else live
+        self.min_cell_seconds = min_cell_seconds
+        self.heartbeat_seconds = heartbeat_seconds
+        self.prefix = ""
+        self.label = ""
+        self.n_cells = 0
+
+    def _width(self) -> int:
+        return shutil.get_terminal_size((100, 20)).columns - 1
+
+    def _emit(self, text: str, *, final: bool = False) -> None:
+        if self.live:
+            self.stream.write("\r\x1b[2K" + text[: self._width()] + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def start(self, label: str, n_cells: int) -> None:
+        self.label, self.n_cells = self.prefix + label, n_cells
+        self.start_time = self.cell_start = self.last_beat = time.perf_counter()
+        self.cell = 0
+        self.last_line = ""
+        self._emit(f"{self.label} ({n_cells} code cells)" if not self.live else self.label)
+
+    def cell_started(self, number: int) -> None:
+        self.cell = number
+        self.cell_start = time.perf_counter()
+        if self.live:
+            self._status()
+
+    def cell_finished(self, number: int) -> None:
+        took = time.perf_counter() - self.cell_start
+        if self.live:
+            self._status()
+        elif took >= self.min_cell_seconds:
+            self._emit(f"    {_clock(time.perf_counter() - self.start_time)}  cell {number}/{self.n_cells} "
+                       f"took {took:.1f} s")
+
+    def output_line(self, line: str) -> None:
+        self.last_line = line
+        now = time.perf_counter()
+        if self.live:
+            self._status()
+        elif now - self.last_beat >= self.heartbeat_seconds:
+            self.last_beat = now
+            self._emit(f"    {_clock(now - self.start_time)}  cell {self.cell}/{self.n_cells}: {line[:150]}")
+
+    def _status(self) -> None:
+        text = f"{self.label}  cell {self.cell}/{self.n_cells}  {_clock(time.perf_counter() - self.start_time)}"
+        if self.last_line:
+            text += f"  | {self.last_line}"
+        self._emit(text)
+
+    def finish(self, seconds: float, ok: bool = True) -> None:
+        self._emit(f"{self.label}  {'done' if ok else 'FAILED'}  {seconds:.1f} s", final=True)
+
+
+class _ProgressClient(NotebookClient):
+    """A NotebookClient that reports cells and the last printed line to a :class:`Progress`."""
+
+    def __init__(self, nb, progress: Progress, **kw):
+        super().__init__(nb, **kw)
+        self.progress = progress
+        code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+        self._number = {index: k + 1 for k, index in enumerate(code)}
+        self.on_cell_execute = lambda cell, cell_index: progress.cell_started(self._number.get(cell_index, 0))
+        self.on_cell_executed = lambda cell, cell_index, execute_reply: progress.cell_finished(
+            self._number.get(cell_index, 0))
+
+    def output(self, outs, msg, display_id, cell_index):
+        if msg.get("msg_type") == "stream":
+            text = msg["content"].get("text", "")
+            lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
+            lines = [ln for ln in lines if not ln.startswith(_TF_LOG_PREFIXES)]
+            if lines:
+                self.progress.output_line(lines[-1])
+        return super().output(outs, msg, display_id, cell_index)
+
+
+def execute_notebook(path: Path, *, timeout: int = 1800, write: bool = True, env: dict | None = None,
+                     out_path: Path | None = None, progress: Progress | None = None) -> float:
     """Execute one notebook in its own folder and (by default) save it in place.
 
     Parameters
@@ -71,9 +201,16 @@ def execute_notebook(path: Path, *, timeout: int = 1800, write: bool = True, env
     timeout : int
         Seconds one cell may take.
     write : bool
-        Save the executed notebook over ``path`` (only when every cell succeeded).
+        Save the executed notebook (only when every cell succeeded), over ``path`` unless ``out_path``
+        is given.
     env : dict, optional
-        Environment variables set for the kernel (in addition to this process's).
+        Environment variables set for the kernel (in addition to this process's). Relative
+        ``MEDSEG_*_DIR`` paths, here or in this process's environment, are resolved from the current
+        folder before the kernel starts (see :func:`resolve_env_paths`).
+    out_path : Path, optional
+        Where to save the executed notebook instead of ``path`` (its folder is created).
+    progress : Progress, optional
+        Report cells and printed lines while the notebook runs (see :class:`Progress`).
 
     Returns
     -------
@@ -85,48 +222,223 @@ def execute_notebook(path: Path, *, timeout: int = 1800, write: bool = True, env
     RuntimeError
         If a cell fails; the message shows the cell and the error.
     """
+    path = Path(path)
     nb = nbformat.read(path, as_version=4)
     old_env = dict(os.environ)
     os.environ.update(env or {})
+    os.environ.update(resolve_env_paths(os.environ))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     start = time.perf_counter()
     try:
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
-                                resources={"metadata": {"path": str(path.parent)}})
+        kw = dict(timeout=timeout, kernel_name="python3", record_timing=False,
+                  resources={"metadata": {"path": str(path.parent)}})
+        if progress is not None:
+            client = _ProgressClient(nb, progress, **kw)
+            progress.start(path.stem, sum(c.cell_type == "code" for c in nb.cells))
+        else:
+            client = NotebookClient(nb, **kw)
         # the kernel's own stderr (TensorFlow's C++ start-up logs) stays out of the terminal;
         # errors in cells still arrive through the notebook's outputs
         client.execute(stderr=subprocess.DEVNULL)
     except (CellExecutionError, CellTimeoutError) as exc:
+        if progress is not None:
+            progress.finish(time.perf_counter() - start, ok=False)
         raise RuntimeError(f"{path.name} failed in {_failing_cell(nb, exc)}\n\n{exc}") from None
     finally:
         os.environ.clear()
         os.environ.update(old_env)
     elapsed = time.perf_counter() - start
+    if progress is not None:
+        progress.finish(elapsed)
     if write:
         strip_tf_logs(nb)
-        nbformat.write(nb, path)
+        target = Path(out_path) if out_path is not None else path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, target)
     return elapsed
 
 
-def run_course(*, quick: bool = False, only: list[str] | None = None, timeout: int = 1800,
-               write: bool = True) -> int:
-    """Execute the course notebooks in order; return a process exit code (0 = all ran)."""
-    books = list_notebooks(only=only)
-    if not books:
-        print(f"no notebooks found in {NOTEBOOKS_DIR}", file=sys.stderr)
-        return 1
-    env = {"MEDSEG_QUICK": "1" if quick else "0", "MPLBACKEND": "module://matplotlib_inline.backend_inline",
-           "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-    print(f"Running {len(books)} notebooks ({'quick' if quick else 'full'} mode, "
-          f"dataset={settings.dataset_name()}), figures -> {settings.figures_dir()}", flush=True)
-    total = time.perf_counter()
-    for i, book in enumerate(books, 1):
-        print(f"[{i}/{len(books)}] {book.name} ...", end=" ", flush=True)
+# =========================================================================== student versions
+
+
+def is_solution(cell) -> bool:
+    """True for a cell whose metadata tags include ``solution``."""
+    return SOLUTION_TAG in cell.get("metadata", {}).get("tags", [])
+
+
+def student_version(nb):
+    """A copy of ``nb`` without solution cells, with outputs and execution counts cleared."""
+    student = nbformat.from_dict(nb)
+    student.cells = [c for c in student.cells if not is_solution(c)]
+    for cell in student.cells:
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+    return student
+
+
+def write_student_versions(out_dir: Path, *, folder: Path = NOTEBOOKS_DIR, only: list[str] | None = None,
+                           overwrite: bool = False) -> list[Path]:
+    """Write :func:`student_version` of every course notebook into ``out_dir``; return the files written.
+
+    Raises
+    ------
+    medseg_tf.errors.OverwriteError
+        If a notebook already exists in ``out_dir`` and ``overwrite`` is false.
+    """
+    from medseg_tf.errors import OverwriteError
+
+    books = list_notebooks(folder, only)
+    out_dir = Path(out_dir)
+    existing = [out_dir / b.name for b in books if (out_dir / b.name).exists()]
+    if existing and not overwrite:
+        raise OverwriteError(f"{settings.display_path(existing[0])}: already exists; pass --overwrite to replace it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for book in books:
+        target = out_dir / book.name
+        nbformat.write(student_version(nbformat.read(book, as_version=4)), target)
+        written.append(target)
+    return written
+
+
+def _python_source(cell_source: str) -> str:
+    """A cell's source as plain Python (IPython magics and shell escapes translated)."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    return TransformerManager().transform_cell(cell_source)
+
+
+def _names(node: ast.AST) -> tuple[set[str], set[str]]:
+    """(names read, names bound) by one top-level statement (comprehension scopes included, roughly)."""
+    read, bound, local = set(), set(), set()
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Name):
+            (read if isinstance(sub.ctx, ast.Load) else bound).add(sub.id)
+        elif isinstance(sub, ast.arg):  # a function's parameters are local to it
+            local.add(sub.arg)
+        elif isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(sub.name)
+        elif isinstance(sub, (ast.Import, ast.ImportFrom)):
+            bound.update((a.asname or a.name).split(".")[0] for a in sub.names)
+    return read - local, bound
+
+
+def solution_dependencies(nb) -> list[str]:
+    """Later cells that read a name whose latest binding came from a solution cell.
+
+    Walks the code cells in order, statement by statement; a name bound (or rebound) by a
+    solution cell and read by a later non-solution cell before any non-solution cell rebinds it
+    is a dependency: removing the solutions would break or change that cell.
+
+    Returns
+    -------
+    list of str
+        One message per dependency, e.g. ``"cell 12 reads 'model', last set by solution cell 10"``
+        (cell numbers are 0-based positions in the notebook). Empty when the notebook is safe.
+    """
+    last_binder: dict[str, tuple[int, bool]] = {}
+    problems = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        solution = is_solution(cell)
         try:
-            seconds = execute_notebook(book, timeout=timeout, write=write, env=env)
+            tree = ast.parse(_python_source(cell.source))
+        except SyntaxError as exc:
+            problems.append(f"cell {index} does not parse: {exc.msg}")
+            continue
+        for statement in tree.body:
+            read, bound = _names(statement)
+            if not solution:
+                for name in sorted(read - bound):
+                    binder = last_binder.get(name)
+                    if binder and binder[1]:
+                        problems.append(f"cell {index} reads {name!r}, last set by solution cell {binder[0]}")
+            for name in bound:
+                last_binder[name] = (index, solution)
+    return sorted(set(problems), key=problems.index)
+
+
+# =========================================================================== the course run
+
+
+def figures_dir_for(dataset: str, root: Path) -> Path:
+    """Figures folder of a course run: ``root`` for the phantom, ``root/<dataset>`` otherwise."""
+    return Path(root) if dataset == "phantom" else Path(root) / dataset
+
+
+def _write_times(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["notebook", "mode", "dataset", "code_cells", "seconds"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def run_course(*, quick: bool = False, only: list[str] | None = None, timeout: int = 1800,
+               write: bool = True, out: Path | None = None, update: bool = False,
+               folder: Path = NOTEBOOKS_DIR, progress: Progress | None = None) -> int:
+    """Execute the course notebooks in order; return a process exit code (0 = all ran).
+
+    Parameters
+    ----------
+    quick : bool
+        Quick mode (``MEDSEG_QUICK=1``) for the kernels.
+    only : list of str, optional
+        Run only notebooks whose name starts with one of these.
+    timeout : int
+        Seconds one cell may take.
+    write : bool
+        Save the executed notebooks (and ``times.csv``).
+    out : Path, optional
+        Output folder (default ``build/course/<dataset>``): executed notebooks go to ``out/notebooks``,
+        figures to ``out/figures``, running times to ``out/times.csv``. Ignored with ``update``.
+    update : bool
+        Write the executed notebooks over the ones in ``folder`` and the figures into ``figures/``
+        (``figures/<dataset>/`` unless the data set is the phantom); times go to
+        ``build/course/<dataset>/times.csv``.
+    folder : Path
+        Where the numbered notebooks are (default ``notebooks/``).
+    progress : Progress, optional
+        Where progress is shown (default: standard output).
+    """
+    dataset = settings.dataset_name()
+    books = list_notebooks(folder, only=only)
+    if not books:
+        print(f"no notebooks found in {settings.display_path(folder)}", file=sys.stderr)
+        return 1
+    if update:
+        out_root = DEFAULT_OUT / dataset
+        figures = figures_dir_for(dataset, settings.REPO_ROOT / "figures")
+    else:
+        out_root = Path(out).resolve() if out is not None else DEFAULT_OUT / dataset
+        figures = out_root / "figures"
+    env = {"MEDSEG_QUICK": "1" if quick else "0", "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+           "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"),
+           "MEDSEG_FIGURES_DIR": str(figures)}
+    progress = progress or Progress()
+    where = "in place" if update else f"to {settings.display_path(out_root / 'notebooks')}"
+    print(f"Running {len(books)} notebooks ({'quick' if quick else 'full'} mode, dataset={dataset}); "
+          f"executed notebooks {where if write else '(not saved)'}, figures to {settings.display_path(figures)}",
+          flush=True)
+    total = time.perf_counter()
+    rows = []
+    for i, book in enumerate(books, 1):
+        target = None if update else out_root / "notebooks" / book.name
+        progress.prefix = f"[{i}/{len(books)}] "
+        try:
+            seconds = execute_notebook(book, timeout=timeout, write=write, env=env, out_path=target,
+                                       progress=progress)
         except RuntimeError as exc:
-            print("FAILED", flush=True)
             print(str(exc), file=sys.stderr)
             return 1
-        print(f"{seconds:.1f} s", flush=True)
-    print(f"All {len(books)} notebooks ran in {time.perf_counter() - total:.1f} s", flush=True)
+        cells = sum(c.cell_type == "code" for c in nbformat.read(book, as_version=4).cells)
+        rows.append({"notebook": book.stem, "mode": "quick" if quick else "full", "dataset": dataset,
+                     "code_cells": cells, "seconds": round(seconds, 1)})
+        if write:
+            _write_times(out_root / "times.csv", rows)
+    print(f"All {len(books)} notebooks ran in {time.perf_counter() - total:.1f} s"
+          + (f"; times in {settings.display_path(out_root / 'times.csv')}" if write else ""), flush=True)
     return 0
+

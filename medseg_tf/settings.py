@@ -12,9 +12,14 @@ Every notebook reads the same few switches, documented in the README:
 ``MEDSEG_DATA_DIR``
     Where generated and downloaded data live (default ``<repo>/data``).
 ``MEDSEG_FIGURES_DIR``
-    Where notebooks save figures (default ``<repo>/figures``).
+    Where notebooks save figures (default ``<repo>/figures``, ``<repo>/figures/<dataset>``
+    for a data set other than the phantom).
 ``MEDSEG_RUNS_DIR``
     Where training runs are written (default ``<repo>/runs``).
+
+A relative path in a ``MEDSEG_*_DIR`` variable is resolved from the current folder. A notebook's
+kernel runs in ``notebooks/``, so ``python -m medseg_tf course`` resolves such paths from the folder
+where the command was typed before it starts the kernels.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 DATASETS = ("phantom", "hippocampus")
+
+# TensorFlow's C++ logging (read when TensorFlow loads, so set here: every notebook imports this module
+# first). 3 keeps its INFO/WARNING/ERROR lines, such as "failed call to cuInit" on a machine without a
+# GPU, out of the notebooks; set TF_CPP_MIN_LOG_LEVEL=0 before starting Jupyter to see them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _env_path(name: str, default: Path) -> Path:
@@ -74,9 +84,21 @@ def phantom_dir() -> Path:
     return data_dir() / "phantom"
 
 
+def _figures_path() -> Path:
+    default = REPO_ROOT / "figures"
+    if dataset_name() != "phantom":
+        default = default / dataset_name()
+    return _env_path("MEDSEG_FIGURES_DIR", default)
+
+
 def figures_dir() -> Path:
-    """Folder where notebooks save figures (``MEDSEG_FIGURES_DIR``, default ``<repo>/figures``)."""
-    path = _env_path("MEDSEG_FIGURES_DIR", REPO_ROOT / "figures")
+    """Folder where notebooks save figures, created if absent.
+
+    ``MEDSEG_FIGURES_DIR`` when set; otherwise ``<repo>/figures`` for the phantom and
+    ``<repo>/figures/<dataset>`` for another data set, so that a run on real MRI never overwrites
+    the phantom figures. (``python -m medseg_tf course`` sets it to its output folder.)
+    """
+    path = _figures_path()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -98,7 +120,7 @@ def describe() -> str:
     """One line naming the active settings, printed at the top of each notebook."""
     return (
         f"dataset={dataset_name()} quick={quick_mode()} data_dir={display_path(data_dir())} "
-        f"figures_dir={display_path(_env_path('MEDSEG_FIGURES_DIR', REPO_ROOT / 'figures'))}"
+        f"figures_dir={display_path(_figures_path())}"
     )
 
 

@@ -1,0 +1,177 @@
+"""The course runner (output folder, progress, paths, times) and the student versions."""
+
+import csv
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from medseg_tf import course, settings
+
+KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+# a notebook that does what the course notebooks do: print the settings, save a figure, write a run
+FIGURE_CELL = """from pathlib import Path
+from medseg_tf import settings
+print(settings.describe())
+(settings.figures_dir() / "00_fake_figure.png").write_bytes(b"png")
+print("saved", settings.display_path(settings.figures_dir() / "00_fake_figure.png"))"""
+
+
+def _notebook(path: Path, *cells) -> Path:
+    nb = new_notebook(cells=list(cells))
+    nb.metadata["kernelspec"] = KERNEL
+    nbformat.write(nb, path)
+    return path
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def fake_notebooks(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("fake_course") / "notebooks"
+    folder.mkdir()
+    _notebook(folder / "00_first.ipynb", new_markdown_cell("# First"), new_code_cell(FIGURE_CELL))
+    _notebook(folder / "01_second.ipynb",
+              new_code_cell("import time\nfor epoch in range(2):\n    print(f'epoch {epoch + 1}/2')\n"
+                            "    time.sleep(0.2)"),
+              new_code_cell("import os\nprint(os.environ['MEDSEG_QUICK'], os.environ['MEDSEG_DATA_DIR'])"))
+    return folder
+
+
+@pytest.mark.slow
+def test_course_writes_only_to_its_output_folder(fake_notebooks, tmp_path, monkeypatch):
+    before = _tree(fake_notebooks)
+    repo_figure = settings.REPO_ROOT / "figures" / "00_fake_figure.png"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MEDSEG_DATA_DIR", "relative_data")  # typed relative to where the command runs
+    log = io.StringIO()
+    out = tmp_path / "out"
+    code = course.run_course(quick=True, folder=fake_notebooks, out=out,
+                             progress=course.Progress(log, live=False, min_cell_seconds=0, heartbeat_seconds=0))
+    assert code == 0
+    assert _tree(fake_notebooks) == before  # the source notebooks are untouched, nothing written beside them
+    assert not repo_figure.exists()
+    assert sorted(_tree(out)) == ["figures/00_fake_figure.png", "notebooks/00_first.ipynb",
+                                  "notebooks/01_second.ipynb", "times.csv"]
+    executed = nbformat.read(out / "notebooks" / "01_second.ipynb", as_version=4)
+    quick, data_dir = executed.cells[1].outputs[0]["text"].split()
+    assert quick == "1"
+    assert Path(data_dir) == tmp_path / "relative_data"  # resolved from where the command was typed
+    first = nbformat.read(out / "notebooks" / "00_first.ipynb", as_version=4)
+    assert [c.execution_count for c in first.cells if c.cell_type == "code"] == [1]
+    with open(out / "times.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["notebook"] for r in rows] == ["00_first", "01_second"]
+    assert all(float(r["seconds"]) > 0 and r["mode"] == "quick" for r in rows)
+    text = log.getvalue()  # progress: each cell, the notebook's latest line, elapsed time
+    assert "[1/2] 00_first (1 code cells)" in text
+    assert "cell 1/1 took" in text and "epoch 2/2" in text
+    assert "[2/2] 01_second  done" in text
+
+
+@pytest.mark.slow
+def test_course_update_writes_in_place_and_figures_per_dataset(fake_notebooks, tmp_path, monkeypatch):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    (folder / "00_first.ipynb").write_bytes((fake_notebooks / "00_first.ipynb").read_bytes())
+    monkeypatch.setattr(settings, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(course, "DEFAULT_OUT", tmp_path / "build" / "course")
+    monkeypatch.setenv("MEDSEG_DATASET", "hippocampus")
+    code = course.run_course(quick=True, folder=folder, update=True,
+                             progress=course.Progress(io.StringIO(), live=False))
+    assert code == 0
+    executed = nbformat.read(folder / "00_first.ipynb", as_version=4)
+    assert executed.cells[1].execution_count == 1
+    # real-data figures go to figures/hippocampus/, never over the phantom's figures/
+    assert (tmp_path / "figures" / "hippocampus" / "00_fake_figure.png").is_file()
+    assert not (tmp_path / "figures" / "00_fake_figure.png").exists()
+    assert (tmp_path / "build" / "course" / "hippocampus" / "times.csv").is_file()
+
+
+def test_figures_are_kept_per_dataset(monkeypatch):
+    monkeypatch.delenv("MEDSEG_FIGURES_DIR", raising=False)
+    monkeypatch.setenv("MEDSEG_DATASET", "phantom")
+    assert settings._figures_path() == settings.REPO_ROOT / "figures"
+    monkeypatch.setenv("MEDSEG_DATASET", "hippocampus")
+    assert settings._figures_path() == settings.REPO_ROOT / "figures" / "hippocampus"
+    assert "figures_dir=figures/hippocampus" in settings.describe()  # relative to the repository
+
+
+def test_resolve_env_paths(tmp_path):
+    env = {"MEDSEG_DATA_DIR": "data2", "MEDSEG_RUNS_DIR": "/abs/runs", "MEDSEG_QUICK": "1", "OTHER_DIR": "x",
+           "MEDSEG_FIGURES_DIR": ""}
+    resolved = course.resolve_env_paths(env, cwd=tmp_path)
+    assert resolved == {**env, "MEDSEG_DATA_DIR": str(tmp_path / "data2")}
+
+
+def test_progress_redraws_one_line_on_a_terminal():
+    log = io.StringIO()
+    progress = course.Progress(log, live=True)
+    progress.prefix = "[1/1] "
+    progress.start("00_x", 2)
+    progress.cell_started(1)
+    progress.output_line("epoch 1/3  loss 0.5")
+    progress.cell_finished(1)
+    progress.finish(1.5)
+    text = log.getvalue()
+    assert text.count("\n") == 1 and text.endswith("[1/1] 00_x  done  1.5 s\n")
+    assert "cell 1/2" in text and "epoch 1/3  loss 0.5" in text
+
+
+# --------------------------------------------------------------------------- student versions
+
+EXERCISE = [
+    new_code_cell("x = 2"),
+    new_markdown_cell("**Exercise.** Square `x`."),
+    new_code_cell("square = x ** 2\nprint(square)", metadata={"tags": ["solution"]}),
+    new_code_cell("print(x + 1)"),
+]
+
+
+def test_student_version_drops_solutions_and_outputs():
+    nb = new_notebook(cells=[c.copy() for c in EXERCISE])
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", text="hi\n")]
+    nb.cells[0].execution_count = 1
+    student = course.student_version(nb)
+    assert [c.source for c in student.cells] == ["x = 2", "**Exercise.** Square `x`.", "print(x + 1)"]
+    assert student.cells[0].outputs == [] and student.cells[0].execution_count is None
+    assert len(nb.cells) == 4  # the original is not modified
+
+
+def test_solution_dependencies_finds_names_only_a_solution_sets():
+    nb = new_notebook(cells=[c.copy() for c in EXERCISE] + [new_code_cell("print(square)")])
+    assert course.solution_dependencies(nb) == ["cell 4 reads 'square', last set by solution cell 2"]
+    # rebinding a name the later cells use is a dependency too; a later non-solution binding ends it
+    nb = new_notebook(cells=[new_code_cell("x = 1"), new_code_cell("x = 5", metadata={"tags": ["solution"]}),
+                             new_code_cell("%matplotlib inline\ny = x\nx = 3"), new_code_cell("print(x, y)"),
+                             new_code_cell("def f(x):\n    return x")])
+    assert course.solution_dependencies(nb) == ["cell 2 reads 'x', last set by solution cell 1"]
+
+
+def test_write_student_versions_refuses_to_overwrite(fake_notebooks, tmp_path):
+    from medseg_tf.errors import OverwriteError
+
+    written = course.write_student_versions(tmp_path / "student", folder=fake_notebooks)
+    assert [p.name for p in written] == ["00_first.ipynb", "01_second.ipynb"]
+    with pytest.raises(OverwriteError, match="already exists"):
+        course.write_student_versions(tmp_path / "student", folder=fake_notebooks)
+    course.write_student_versions(tmp_path / "student", folder=fake_notebooks, overwrite=True)
+
+
+@pytest.mark.parametrize("book", course.list_notebooks(), ids=lambda p: p.stem)
+def test_course_notebooks_student_versions(book):
+    """No solution survives, and no later cell needs a name that only a solution cell defines."""
+    nb = nbformat.read(book, as_version=4)
+    solutions = [c.source.strip() for c in nb.cells if course.is_solution(c)]
+    student = course.student_version(nb)
+    assert not any(course.is_solution(c) for c in student.cells)
+    assert not {c.source.strip() for c in student.cells} & set(solutions)
+    assert course.solution_dependencies(nb) == []
