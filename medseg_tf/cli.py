@@ -62,9 +62,26 @@ def _same_or_inside(a: Path, b: Path) -> bool:
 
 
 def _cmd_course(args) -> int:
-    from medseg_tf.course import run_course
+    from medseg_tf import course, settings
 
-    return run_course(quick=args.quick, only=args.only, timeout=args.timeout, write=not args.no_write)
+    if args.student:
+        written = course.write_student_versions(args.student, only=args.only, overwrite=args.overwrite)
+        print(f"wrote {len(written)} student notebooks (solution cells removed, outputs cleared) to "
+              f"{settings.display_path(args.student)}")
+        return 0
+    if args.update and args.out:
+        raise SystemExit("error: --update writes the committed notebooks in place; it takes no --out")
+    return course.run_course(quick=args.quick, only=args.only, timeout=args.timeout, write=not args.no_write,
+                             out=args.out, update=args.update)
+
+
+def _cmd_site(args) -> int:
+    from medseg_tf import settings
+    from medseg_tf.site import build_site
+
+    index = build_site(args.out, notebooks=args.notebooks, overwrite=args.overwrite)
+    print(f"site written to {settings.display_path(args.out)}; open {settings.display_path(index)}")
+    return 0
 
 
 def _cmd_data_phantom(args) -> int:
@@ -204,14 +221,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="medseg-tf: medical image segmentation course (Keras 3 / TensorFlow).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("course", help="run every notebook top to bottom and regenerate figures/",
-                       description="Execute notebooks/NN_*.ipynb in order (in place), printing each one's time; "
-                                   "stops at the first failing cell. Reads MEDSEG_DATASET etc. (see README).")
+    p = sub.add_parser("course", help="run every notebook top to bottom (output in build/course/)",
+                       description="Execute notebooks/NN_*.ipynb in order, showing each cell's progress; stops at "
+                                   "the first failing cell. By default the executed notebooks, figures and "
+                                   "times.csv go to build/course/<dataset>/ and no tracked file changes; "
+                                   "--update rewrites the committed notebooks and figures/. Reads MEDSEG_DATASET "
+                                   "etc. (see README).")
     p.add_argument("--quick", action="store_true", help="quick mode (MEDSEG_QUICK=1): fewer epochs and cases")
     p.add_argument("--only", nargs="+", metavar="NN", help="run only notebooks whose name starts with these")
     p.add_argument("--timeout", type=POSITIVE_INT, default=1800, help="seconds one cell may take (default 1800)")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="output folder for executed notebooks, figures, times.csv (default build/course/<dataset>)")
+    p.add_argument("--update", action="store_true",
+                   help="write the executed notebooks over notebooks/ and figures into figures/ "
+                        "(figures/<dataset>/ for real data)")
     p.add_argument("--no-write", action="store_true", help="do not save executed notebooks")
+    p.add_argument("--student", type=Path, metavar="OUT",
+                   help="write student versions (solution cells removed, outputs cleared) to OUT; runs nothing")
+    p.add_argument("--overwrite", action="store_true", help="with --student: replace notebooks already in OUT")
     p.set_defaults(func=_cmd_course)
+
+    p = sub.add_parser("site", help="render the executed notebooks into a static web site (offline)",
+                       description="Build a static HTML site (Sphinx + MyST-NB, MathJax bundled locally, nothing "
+                                   "downloaded) from the executed notebooks; open OUT/index.html in a browser.")
+    p.add_argument("out", type=Path, help="output folder of the site")
+    p.add_argument("--notebooks", type=Path, metavar="DIR",
+                   help="folder of executed notebooks (default notebooks/; e.g. build/course/phantom/notebooks)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing site folder")
+    p.set_defaults(func=_cmd_site)
 
     data = sub.add_parser("data", help="make, download and check data sets (MSD layout)")
     dsub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
@@ -294,6 +331,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_tensorflow_logs() -> None:
+    """Keep TensorFlow's C++ log lines off the terminal (before TensorFlow is imported).
+
+    ``TF_CPP_MIN_LOG_LEVEL=3`` hides its later INFO/WARNING/ERROR lines (such as "failed call to
+    cuInit" on a machine without a GPU); the lines absl prints while TensorFlow loads ignore it, so the
+    import itself runs with the process's stderr sent to /dev/null (Python errors still show: they are
+    raised, not logged). Set ``TF_CPP_MIN_LOG_LEVEL`` yourself to see them.
+    """
+    if "tensorflow" in sys.modules or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            import tensorflow  # noqa: F401 - imported here only to silence its start-up logs
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    except ImportError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code. Errors about user input print one line, no traceback."""
     parser = build_parser()
@@ -301,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if args.command in ("train", "predict"):  # the commands that load TensorFlow
+        _quiet_tensorflow_logs()
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
