@@ -73,6 +73,7 @@ import tensorflow as tf
 from medseg_tf import settings
 from medseg_tf.errors import ConfigError, DataError, OverwriteError, RunLockedError
 from medseg_tf.losses import dice_metrics, get_loss
+from medseg_tf.runspec import LOSS_NAMES, OPTIMIZER_NAMES, SCHEDULES, RunSpec, name_and_kwargs, round_up
 
 __all__ = [
     "TrainConfig",
@@ -97,8 +98,6 @@ __all__ = [
     "train",
 ]
 
-#: Learning-rate schedules known to :func:`make_schedule`.
-SCHEDULES = ("constant", "cosine", "poly")
 
 #: Optimizer names known to :func:`make_optimizer` and their default keyword arguments
 #: (``sgd`` is nnU-Net's: Nesterov momentum 0.99).
@@ -115,296 +114,16 @@ RUN_DIRS = ("logs", "backup")
 #: The lock file a training run holds (see :func:`_lock_run_dir`); not part of a run's results.
 LOCK_FILE = ".lock"
 
-_DEFAULT_PATCH = {2: (64, 64), 3: (48, 64, 48)}
-
-
-# =========================================================================== config
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (saved as ``config.json``).
-
-    Attributes
-    ----------
-    data : str
-        ``"phantom"`` (generated under ``settings.phantom_dir()`` if missing),
-        ``"hippocampus"`` (``settings.hippocampus_dir()``, i.e.
-        ``MEDSEG_HIPPOCAMPUS_DIR``) or the path of an MSD folder.
-    dims : int
-        2 (slices, 2D U-Net) or 3 (patches, 3D U-Net).
-    slice_axis : int
-        Axis (0, 1, 2 of the RAS volume) the 2D slices are taken along.
-    context_slices : int
-        2D only: "2.5D" input with this many neighbouring slices on each side
-        as extra channels (the model gets ``2 * context_slices + 1`` input
-        channels and predicts the middle slice); 0: one slice.
-    patch_size : tuple of int or None
-        Training crop in voxels: 2 ints for 2D, 3 for 3D, each divisible by
-        ``2**depth`` of the model. None: ``(64, 64)`` / ``(48, 64, 48)``.
-    target_spacing : tuple of 3 floats or None
-        Resample every case to this voxel spacing (mm) first; None keeps it.
-    model : dict
-        Keyword arguments of :func:`medseg_tf.models.unet` (``depth``,
-        ``base_filters``, ``norm``, ...); ``input_shape``/``num_classes`` are set here.
-    loss : str or dict
-        A :func:`medseg_tf.losses.get_loss` name, or ``{"name": ..., **kwargs}``.
-    optimizer : str or dict
-        ``"adam"``, ``"adamw"``, ``"sgd"`` (nnU-Net: Nesterov, momentum 0.99),
-        ``"rmsprop"``, or ``{"name": ..., **kwargs}`` (e.g. ``clipnorm``).
-    learning_rate : float
-        Initial learning rate.
-    schedule : str
-        ``"constant"``, ``"cosine"`` (cosine decay to 0 over all steps) or
-        ``"poly"`` (nnU-Net: ``lr * (1 - epoch / epochs) ** 0.9``, per epoch).
-    epochs, steps_per_epoch : int
-        An epoch is ``steps_per_epoch`` training batches, then one validation pass.
-    batch_size : int
-        Batch size per replica (the global batch is this times the number of replicas).
-    val_fraction : float
-        Share of the cases used for validation (split by case, seeded by ``seed``).
-    seed : int
-        Seeds the split, the weight initialisation and the data stream.
-    foreground_fraction : float
-        Share of training crops centred on a foreground voxel.
-    augment : bool or dict
-        Augmentation of training batches (dict: kwargs of
-        :func:`medseg_tf.augment.random_augment`).
-    max_cases : int or None
-        Use only the first ``max_cases`` cases of the data set (before the split).
-    mixed_precision, jit_compile : "auto" or bool
-        ``"auto"``: on with a GPU, off on a CPU.
-    out_dir : str or None
-        Run folder. Relative paths are relative to ``settings.runs_dir()``
-        (``MEDSEG_RUNS_DIR``, default ``<repo>/runs``); None gives
-        ``<runs_dir>/<data name>_<dims>d``.
-    """
-
-    data: str = "phantom"
-    dims: int = 2
-    slice_axis: int = 2
-    context_slices: int = 0
-    patch_size: tuple[int, ...] | None = None
-    target_spacing: tuple[float, float, float] | None = None
-    model: dict = field(default_factory=dict)
-    loss: str | dict = "dice_ce"
-    optimizer: str | dict = "adam"
-    learning_rate: float = 1e-3
-    schedule: str = "poly"
-    epochs: int = 20
-    steps_per_epoch: int = 50
-    batch_size: int = 16
-    val_fraction: float = 0.2
-    seed: int = 0
-    foreground_fraction: float = 0.5
-    augment: bool | dict = True
-    max_cases: int | None = None
-    mixed_precision: str | bool = "auto"
-    jit_compile: str | bool = "auto"
-    out_dir: str | None = None
-
-    def __post_init__(self):
-        self.data = str(self.data)
-        self.dims = _as_int("dims", self.dims)
-        if self.dims not in (2, 3):
-            raise ConfigError("dims", f"must be 2 or 3, got {self.dims}")
-        self.slice_axis = _as_int("slice_axis", self.slice_axis)
-        if self.slice_axis not in (0, 1, 2):
-            raise ConfigError("slice_axis", f"must be 0, 1 or 2, got {self.slice_axis}")
-        self.context_slices = _as_int("context_slices", self.context_slices)
-        if self.context_slices < 0 or (self.context_slices and self.dims != 2):
-            raise ConfigError("context_slices", f"must be >= 0, and 0 unless dims=2; got {self.context_slices} "
-                             f"with dims={self.dims}")
-        if self.patch_size is None:
-            self.patch_size = _DEFAULT_PATCH[self.dims]
-        self.patch_size = tuple(_as_int("patch_size", s) for s in self.patch_size)
-        if len(self.patch_size) != self.dims or min(self.patch_size) < 1:
-            raise ConfigError("patch_size", f"must be {self.dims} positive ints for dims={self.dims}, "
-                             f"got {self.patch_size}")
-        if self.target_spacing is not None:
-            self.target_spacing = tuple(float(s) for s in self.target_spacing)
-            if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
-                raise ConfigError("target_spacing", f"must be 3 positive floats (mm) or None, "
-                                 f"got {self.target_spacing}")
-        if not isinstance(self.model, Mapping):
-            raise ConfigError("model", f"must be a dict of unet keyword arguments, got {self.model!r}")
-        self.model = dict(self.model)
-        for key in ("input_shape", "num_classes"):
-            if key in self.model:
-                raise ConfigError("model", f"key {key!r} is set by the trainer, remove it")
-        if self.model.get("deep_supervision"):
-            raise ConfigError("model", "deep_supervision=True is not supported by the trainer")
-        _check_unet_kwargs(self.model)
-        depth = _unet_depth(self.model)
-        bad = [s for s in self.patch_size if s % 2 ** depth]
-        if bad:
-            raise ConfigError("patch_size", f"{self.patch_size} must be divisible by 2**depth = {2 ** depth} "
-                                            f"(the U-Net pools {depth} times)")
-        _loss_name_kwargs(self.loss)  # validates
-        _optimizer_name_kwargs(self.optimizer)
-        self.learning_rate = _as_float("learning_rate", self.learning_rate)
-        if not self.learning_rate > 0:
-            raise ConfigError("learning_rate", f"must be > 0, got {self.learning_rate}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError("schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
-        for name in ("epochs", "steps_per_epoch", "batch_size"):
-            value = _as_int(name, getattr(self, name))
-            if value < 1:
-                raise ConfigError(name, f"must be >= 1, got {value}")
-            setattr(self, name, value)
-        self.val_fraction = _as_float("val_fraction", self.val_fraction)
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError("val_fraction", f"must be in (0, 1), got {self.val_fraction}")
-        self.seed = _as_int("seed", self.seed)
-        self.foreground_fraction = _as_float("foreground_fraction", self.foreground_fraction)
-        if not 0.0 <= self.foreground_fraction <= 1.0:
-            raise ConfigError("foreground_fraction", f"must be in [0, 1], got {self.foreground_fraction}")
-        if not isinstance(self.augment, (bool, Mapping)):
-            raise ConfigError("augment", f"must be true, false or a dict, got {self.augment!r}")
-        if isinstance(self.augment, Mapping):
-            self.augment = dict(self.augment)
-        if self.max_cases is not None:
-            self.max_cases = _as_int("max_cases", self.max_cases)
-            if self.max_cases < 2:
-                raise ConfigError("max_cases", f"must be >= 2 (train + validation) or None, got {self.max_cases}")
-        for name in ("mixed_precision", "jit_compile"):
-            value = getattr(self, name)
-            if value != "auto" and not isinstance(value, bool):
-                raise ConfigError(name, f"must be \"auto\", true or false, got {value!r}")
-        if self.out_dir is not None:
-            self.out_dir = str(self.out_dir)
-
-    # ---------------------------------------------------------------- (de)serialisation
-
-    @classmethod
-    def keys(cls) -> list[str]:
-        """The valid keys of a config, in order."""
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_dict(cls, values: Mapping) -> TrainConfig:
-        """Build a config from a mapping; unknown keys raise ``ValueError`` naming them."""
-        unknown = sorted(set(values) - set(cls.keys()))
-        if unknown:
-            raise ConfigError(None, f"unknown config key(s) {', '.join(map(repr, unknown))}; "
-                             f"valid keys: {', '.join(cls.keys())}")
-        return cls(**dict(values))
-
-    def to_dict(self) -> dict:
-        """A JSON-ready dict (tuples as lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike) -> TrainConfig:
-        """Read a config written by :meth:`to_json` (or by hand).
-
-        Raises
-        ------
-        DataError
-            Missing file, invalid JSON, not an object, unknown keys or bad values
-            (the message names the file and the problem).
-        """
-        path = Path(path)
-        try:
-            values = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError(path, "config file not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise DataError(path, f"cannot read config as JSON: {err}") from None
-        if not isinstance(values, dict):
-            raise DataError(path, "a config must be a JSON object {\"key\": value, ...}")
-        try:
-            return cls.from_dict(values)
-        except (TypeError, ValueError) as err:
-            raise DataError(path, str(err)) from None
-
-    def to_json(self, path: str | os.PathLike) -> Path:
-        """Write the config as indented JSON; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        return path
-
-    def replace(self, **changes) -> TrainConfig:
-        """A copy with some fields changed (e.g. ``config.replace(epochs=2)``)."""
-        unknown = sorted(set(changes) - set(self.keys()))
-        if unknown:
-            raise ConfigError(None, f"unknown config key(s) {', '.join(map(repr, unknown))}")
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def coerce(cls, config: TrainConfig | Mapping | str | os.PathLike) -> TrainConfig:
-        """Accept a config, a dict, or the path of a JSON file."""
-        if isinstance(config, cls):
-            return config
-        if isinstance(config, Mapping):
-            return cls.from_dict(config)
-        if isinstance(config, (str, os.PathLike)):
-            return cls.from_json(config)
-        raise TypeError(f"expected a TrainConfig, dict or JSON path, got {type(config).__name__}")
-
-
-def _as_int(name: str, value) -> int:
-    try:
-        ok = not isinstance(value, bool) and float(value).is_integer()
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ConfigError(name, f"must be an integer, got {value!r}")
-    return int(value)
-
-
-def _as_float(name: str, value) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        out = float("nan")
-    if isinstance(value, bool) or not np.isfinite(out):
-        raise ConfigError(name, f"must be a finite number, got {value!r}")
-    return out
-
-
-def _check_unet_kwargs(model_kwargs: Mapping) -> None:
-    """Refuse unknown U-Net keywords and non-integer sizes where the config is read, not deep in Keras."""
-    from medseg_tf.models import unet
-
-    known = set(inspect.signature(unet).parameters) - {"input_shape", "num_classes"}
-    unknown = sorted(set(model_kwargs) - known)
-    if unknown:
-        raise ConfigError("model", f"unknown U-Net keyword(s) {', '.join(map(repr, unknown))}; "
-                                   f"expected some of {', '.join(sorted(known))}")
-    for key in ("depth", "base_filters", "max_filters", "kernel_size"):
-        if model_kwargs.get(key) is not None:
-            try:
-                value = _as_int(key, model_kwargs[key])
-            except ConfigError:
-                raise ConfigError("model", f"{key} must be an integer, got {model_kwargs[key]!r}") from None
-            if value < 1:
-                raise ConfigError("model", f"{key} must be >= 1, got {value}")
-
-
-def _name_kwargs(what: str, spec, known) -> tuple[str, dict]:
-    if isinstance(spec, str):
-        name, kwargs = spec, {}
-    elif isinstance(spec, Mapping) and "name" in spec:
-        kwargs = dict(spec)
-        name = str(kwargs.pop("name"))
-    else:
-        raise ConfigError(what, f"must be a name or {{\"name\": ..., **kwargs}}, got {spec!r}")
-    name = name.strip().lower()
-    if name not in known:
-        raise ConfigError(what, f"{name!r} is unknown; expected one of {', '.join(known)}")
-    return name, kwargs
+#: The spec of a training run: :class:`medseg_tf.runspec.RunSpec` (one schema for training and prediction).
+TrainConfig = RunSpec
 
 
 def _loss_name_kwargs(spec) -> tuple[str, dict]:
-    from medseg_tf.losses import LOSSES
-
-    return _name_kwargs("loss", spec, LOSSES)
+    return name_and_kwargs("loss", spec, LOSS_NAMES)
 
 
 def _optimizer_name_kwargs(spec) -> tuple[str, dict]:
-    return _name_kwargs("optimizer", spec, OPTIMIZERS)
+    return name_and_kwargs("optimizer", spec, OPTIMIZER_NAMES)
 
 
 # =========================================================================== schedules, optimizer
@@ -660,24 +379,13 @@ def load_volumes(dataset, case_ids: Sequence[str], *, target_spacing: Sequence[f
     return images, labels
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return int(math.ceil(n / multiple) * multiple)
-
-
 def _validation_patch(volumes: Sequence[np.ndarray], dims: int, slice_axis: int,
                       multiple: int) -> tuple[int, ...]:
     """Smallest patch holding every validation slice (2D) or volume (3D), rounded up."""
     biggest = np.max([v.shape for v in volumes], axis=0)
     if dims == 2:
         biggest = np.delete(biggest, slice_axis)
-    return tuple(_round_up(int(n), multiple) for n in biggest)
-
-
-def _unet_depth(model_kwargs: Mapping) -> int:
-    from medseg_tf.models import unet
-
-    default = inspect.signature(unet).parameters["depth"].default
-    return int(model_kwargs.get("depth", default))
+    return tuple(round_up(int(n), multiple) for n in biggest)
 
 
 def make_datasets(config: TrainConfig, train_volumes, val_volumes, *, global_batch_size: int):
@@ -701,7 +409,7 @@ def make_datasets(config: TrainConfig, train_volumes, val_volumes, *, global_bat
     """
     from medseg_tf.pipeline import patch_dataset, slice_dataset
 
-    multiple = 2 ** _unet_depth(config.model)
+    multiple = config.divisor
     val_patch = _validation_patch(val_volumes[0], config.dims, config.slice_axis, multiple)
     common = dict(seed=config.seed)
     if config.dims == 2:
@@ -739,17 +447,12 @@ def build_model(config: TrainConfig, num_classes: int, class_names: Sequence[str
     """
     from medseg_tf.models import unet
 
-    depth = _unet_depth(config.model)
-    bad = [s for s in config.patch_size if s % 2 ** depth]
-    if bad:
-        raise ValueError(f"patch_size {config.patch_size} must be divisible by 2**depth = {2 ** depth}")
     loss_name, loss_kwargs = _loss_name_kwargs(config.loss)
     lr = make_schedule(config.schedule, config.learning_rate, epochs=config.epochs,
                        steps_per_epoch=config.steps_per_epoch)
     with runtime.strategy.scope():
         with _dtype_policy(runtime.mixed_precision):
-            channels = 2 * config.context_slices + 1
-            model = unet((None,) * config.dims + (channels,), num_classes, **config.model)
+            model = unet((None,) * config.dims + (config.input_channels,), num_classes, **config.model)
         model.compile(optimizer=make_optimizer(config.optimizer, lr),
                       loss=get_loss(loss_name, **loss_kwargs),
                       metrics=dice_metrics(class_names),
