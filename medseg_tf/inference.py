@@ -27,31 +27,14 @@ training, predict, take the argmax, optionally keep the largest connected
 component per class, and map the labels back to the source image's voxel grid
 and orientation, so the written file overlays the source image.
 
-Training configuration (``config.json`` of a run folder, or a dict)
--------------------------------------------------------------------
-``dims`` (required)
-    2 (slice-wise model) or 3 (volumetric model).
-``normalization``
-    Name passed to :func:`medseg_tf.preprocessing.normalize`
-    (default ``"zscore"``: percentile clipping then z-score; or ``"none"``).
-``target_spacing``
-    ``[sx, sy, sz]`` in mm to resample to before prediction, or ``None``
-    (default) to predict on the native grid. Probabilities are resampled back
-    to the native grid linearly before the argmax (smoother than resampling
-    the label map with nearest neighbour).
-``slice_axis``
-    Axis of the RAS volume a 2D model slides along (default 2).
-``patch_size``
-    3D patch ``[px, py, pz]`` for the sliding window, or ``None`` (default)
-    to predict the whole padded volume at once.
-``overlap``
-    Sliding-window overlap in [0, 1) (default 0.5).
-``divisor``
-    Pad to a multiple of this (default ``2**depth`` if ``depth`` is given,
-    else 16).
-``from_logits``
-    True if the model outputs logits (a U-Net built with ``head=None``);
-    softmax (or sigmoid for one channel) is then applied before averaging.
+The run spec (``config.json`` of a run folder, a :class:`~medseg_tf.runspec.RunSpec` or a dict)
+---------------------------------------------------------------------------------------------------
+Prediction reads the same spec as training (:mod:`medseg_tf.runspec`), so it normalises, resamples,
+pads and mirrors exactly as the model was trained: ``dims``, ``slice_axis``, ``context_slices``,
+``normalization``, ``target_spacing`` (probabilities are resampled back to the native grid linearly
+before the argmax), ``patch_size`` (the 3D sliding window), ``overlap``, ``from_logits`` and the
+derived ``divisor`` (``2**depth``) and ``mirror_axes`` (the TTA axes). A dict is completed with the
+spec's defaults; older run folders (``depth`` or ``divisor`` at the top level) still load.
 """
 
 from __future__ import annotations
@@ -69,6 +52,7 @@ import numpy as np
 from medseg_tf import io, preprocessing
 from medseg_tf.augment import flip_axes
 from medseg_tf.errors import ConfigError, DataError, OverwriteError
+from medseg_tf.runspec import RunSpec
 from medseg_tf.postprocessing import keep_largest_component
 from medseg_tf.sliding import gaussian_importance_map, predict_slices, predict_windows, sliding_window_starts
 
@@ -243,43 +227,18 @@ def predict_volume(model, image: np.ndarray, *, dims: int, axis: int = 2,
     return (total / len(flips)).astype(np.float32)
 
 
-def tta_axes_from_config(config: Mapping) -> tuple[int, ...]:
-    """Volume axes that flip test-time augmentation may mirror for a model trained with ``config``.
+def tta_axes_from_config(config: RunSpec | Mapping) -> tuple[int, ...]:
+    """Volume axes that flip test-time augmentation may mirror: :attr:`medseg_tf.runspec.RunSpec.mirror_axes`.
 
-    ``config["tta_axes"]`` if given. Otherwise the axes that training mirrored
-    (``augment`` true, or a dict whose ``"flips"`` is true, missing, or a list of
-    spatial axes of the training patch): for a 3D model the patch axes are the
-    volume axes; for a 2D model they are the in-plane axes of the slice, i.e. the
-    volume axes other than ``slice_axis``, in order (mirroring the through-plane
-    axis changes nothing for a 2D model, so it is never used). None when
-    training did not mirror.
+    ``tta_axes`` if the spec gives them, otherwise the axes training mirrored (2D: the slice's axes
+    mapped to volume axes); empty when training did not mirror.
 
     Returns
     -------
     tuple of int
         Axes of the ``(x, y, z)`` volume, sorted.
     """
-    if config.get("tta_axes") is not None:
-        return tuple(int(a) for a in config["tta_axes"])
-    augment = config.get("augment", True)
-    flips = augment.get("flips", True) if isinstance(augment, Mapping) else bool(augment)
-    dims = int(config.get("dims", 3))
-    if dims == 3:
-        return flip_axes(flips, 3)
-    in_plane = [a for a in range(3) if a != int(config.get("slice_axis", 2))]
-    return tuple(sorted(in_plane[a] for a in flip_axes(flips, 2)))
-
-
-def _divisor(config: Mapping) -> int:
-    """Pad multiple: ``divisor``, else ``2**depth`` (top level or, as training writes it, ``model.depth``)."""
-    if config.get("divisor") is not None:
-        return int(config["divisor"])
-    depth = config.get("depth")
-    if depth is None and isinstance(config.get("model"), Mapping):
-        depth = config["model"].get("depth")
-    if depth is not None:
-        return 2 ** int(depth)
-    return 16
+    return RunSpec.coerce(config).mirror_axes
 
 
 def _labels_from_probs(probs: np.ndarray) -> np.ndarray:
@@ -288,35 +247,32 @@ def _labels_from_probs(probs: np.ndarray) -> np.ndarray:
     return np.argmax(probs, axis=-1).astype(np.uint8)
 
 
-def _checked_tta_axes(config: Mapping) -> tuple[int, ...]:
-    """The TTA mirror axes of ``config``; ConfigError when training mirrored along none."""
-    axes = tta_axes_from_config(config)
-    if not axes:
+def _checked_tta_axes(spec: RunSpec) -> tuple[int, ...]:
+    """The TTA mirror axes of ``spec``; ConfigError when training mirrored along none."""
+    if not spec.mirror_axes:
         raise ConfigError("tta", "cannot be used with this model: it was trained without flip augmentation, "
                                  "so mirrored inputs are images it never saw and its predictions on them are "
                                  "wrong; predict without --tta")
-    return axes
+    return spec.mirror_axes
 
 
-def _check_channels(model, data: np.ndarray, config: Mapping, path) -> None:
+def _check_channels(model, data: np.ndarray, spec: RunSpec, path) -> None:
     """DataError when the image's channel count is not the one the model takes."""
     expected = getattr(model, "input_shape", None)
     expected = expected[-1] if isinstance(expected, tuple) and expected else None
     if expected is None:
         return
-    per_slice = 2 * int(config.get("context_slices", 0) or 0) + 1
-    channels = (data.shape[-1] if data.ndim == 4 else 1) * (per_slice if int(config.get("dims", 3)) == 2 else 1)
-    if channels != expected:
-        got = f"{data.shape[-1]} channels" if data.ndim == 4 else "1 channel"
+    image_channels = data.shape[-1] if data.ndim == 4 else 1
+    if image_channels * spec.slices_per_sample != expected:
+        got = f"{image_channels} channels" if data.ndim == 4 else "1 channel"
         raise DataError(path, f"has {got} (shape {data.shape}) but the model takes "
-                              f"{expected // per_slice if int(config.get('dims', 3)) == 2 else expected}")
+                              f"{expected // spec.slices_per_sample}")
 
 
-def _predict_loaded(model, vol: io.Volume, config: Mapping, *, tta: bool, lcc: bool,
+def _predict_loaded(model, vol: io.Volume, config: RunSpec | Mapping, *, tta: bool, lcc: bool,
                     batch_size: int) -> np.ndarray:
     """Label map (uint8, original voxel order and shape) of a loaded image volume."""
-    if "dims" not in config:
-        raise ValueError("config needs a 'dims' entry (2 or 3)")
+    spec = RunSpec.coerce(config)
     ras = io.reorient_to_ras(vol)
     data = np.asarray(ras.data, dtype=np.float32)
     if data.ndim not in (3, 4):
@@ -324,26 +280,23 @@ def _predict_loaded(model, vol: io.Volume, config: Mapping, *, tta: bool, lcc: b
     if not np.all(np.isfinite(data)):
         bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
         raise DataError(vol.path, f"holds {bad} NaN or infinite voxel value(s); fix or mask them before predicting")
-    _check_channels(model, data, config, vol.path)
-    method = config.get("normalization", "zscore") or "none"
+    _check_channels(model, data, spec, vol.path)
     if data.ndim == 3:
-        image = preprocessing.normalize(data, method)
+        image = preprocessing.normalize(data, spec.normalization)
     else:
-        image = np.stack([preprocessing.normalize(data[..., c], method)
+        image = np.stack([preprocessing.normalize(data[..., c], spec.normalization)
                           for c in range(data.shape[-1])], axis=-1)
     spacing = ras.spacing
-    target = config.get("target_spacing")
-    if target is not None:
-        image = preprocessing.resample_to_spacing(image, spacing, target, order=1)
-    tta_axes = _checked_tta_axes(config) if tta else ()
+    if spec.target_spacing is not None:
+        image = preprocessing.resample_to_spacing(image, spacing, spec.target_spacing, order=1)
+    tta_axes = _checked_tta_axes(spec) if tta else ()
     probs = predict_volume(
-        model, image, dims=int(config["dims"]), axis=int(config.get("slice_axis", 2)),
-        patch_size=config.get("patch_size"), overlap=float(config.get("overlap", 0.5)),
-        batch_size=batch_size, tta=tta, divisor=_divisor(config),
-        from_logits=bool(config.get("from_logits", False)), tta_axes=tta_axes,
-        context=int(config.get("context_slices", 0) or 0))
-    if target is not None:
-        probs = preprocessing.resample_to_spacing(probs, target, spacing, order=1,
+        model, image, dims=spec.dims, axis=spec.slice_axis,
+        patch_size=spec.patch_size if spec.dims == 3 else None, overlap=spec.overlap,
+        batch_size=batch_size, tta=tta, divisor=spec.divisor,
+        from_logits=spec.from_logits, tta_axes=tta_axes, context=spec.context_slices)
+    if spec.target_spacing is not None:
+        probs = preprocessing.resample_to_spacing(probs, spec.target_spacing, spacing, order=1,
                                                   shape=data.shape[:3])
     labels = _labels_from_probs(probs)
     if lcc:
@@ -390,24 +343,20 @@ def predict_case(model, image_path: str | os.PathLike, config: Mapping, *, tta: 
 
 
 # --------------------------------------------------------------------------- folders
-def load_run(run_dir: str | os.PathLike):
-    """Load ``model.keras`` (uncompiled) and ``config.json`` of a training run folder.
+def load_run(run_dir: str | os.PathLike) -> tuple[keras.Model, RunSpec]:
+    """Load ``model.keras`` (uncompiled) and the run spec (``config.json``) of a run folder.
 
     Returns
     -------
-    (keras.Model, dict)
+    (keras.Model, RunSpec)
+        The spec also reads like the ``config.json`` dict (``spec["dims"]``).
     """
     run_dir = Path(run_dir)
     model_path, config_path = run_dir / "model.keras", run_dir / "config.json"
     for path in (model_path, config_path):
         if not path.is_file():
             raise DataError(path, "not found; a run folder holds model.keras and config.json")
-    try:
-        config = json.loads(config_path.read_text())
-    except ValueError as exc:
-        raise DataError(config_path, f"not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise DataError(config_path, "must hold a JSON object")
+    config = RunSpec.load(run_dir)
     try:
         model = keras.saving.load_model(model_path, compile=False)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a damaged file
@@ -470,12 +419,13 @@ def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str
     from tqdm.auto import tqdm
 
     if isinstance(model_or_run_dir, (str, os.PathLike)):
-        model, run_config = load_run(model_or_run_dir)
-        config = {**run_config, **(config or {})}
+        model, run_spec = load_run(model_or_run_dir)
+        config = run_spec.replace(**config) if config else run_spec
     else:
         model = model_or_run_dir
         if config is None:
-            raise ValueError("pass config=... (the training configuration) together with a model")
+            raise ValueError("pass config=... (the run spec or training configuration) together with a model")
+        config = RunSpec.coerce(config)
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():
         raise DataError(images_dir, "folder not found")

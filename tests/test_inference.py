@@ -271,11 +271,18 @@ def test_predict_folder_from_run_dir(tmp_path):
         inference.predict_folder(threshold_model(3), task, tmp_path / "other", progress=False)
 
 
-def test_divisor_read_from_training_config():
-    assert inference._divisor({"model": {"depth": 5}}) == 32
-    assert inference._divisor({"depth": 3}) == 8
-    assert inference._divisor({"divisor": 4, "model": {"depth": 5}}) == 4
-    assert inference._divisor({}) == 16
+def test_divisor_read_from_the_run_spec():
+    from medseg_tf.errors import ConfigError
+    from medseg_tf.runspec import RunSpec
+
+    assert RunSpec.coerce({"model": {"depth": 5}, "patch_size": [64, 64]}).divisor == 32
+    assert RunSpec.coerce({"depth": 3}).divisor == 8  # older run folders: depth at the top level
+    assert RunSpec.coerce({"divisor": 4}).divisor == 4  # older run folders: divisor = 2**depth
+    assert RunSpec.coerce({}).divisor == 16
+    with pytest.raises(ConfigError, match="differs from model.depth"):
+        RunSpec.coerce({"depth": 2, "model": {"depth": 5}})
+    with pytest.raises(ConfigError, match="power of 2"):
+        RunSpec.coerce({"divisor": 12})
 
 
 def test_tta_mirrors_only_the_requested_axes(monkeypatch):
@@ -318,10 +325,10 @@ def test_context_slices_stacked_after_each_flip(monkeypatch):
 
 
 def test_tta_axes_follow_training_augmentation():
-    assert inference.tta_axes_from_config({"augment": True}) == (0, 1, 2)
-    assert inference.tta_axes_from_config({"augment": {"gamma_range": None}}) == (0, 1, 2)
-    assert inference.tta_axes_from_config({"augment": {"flips": False}}) == ()
-    assert inference.tta_axes_from_config({"augment": False, "tta_axes": [0]}) == (0,)
+    assert inference.tta_axes_from_config({"dims": 3, "augment": True}) == (0, 1, 2)
+    assert inference.tta_axes_from_config({"dims": 3, "augment": {"gamma_range": None}}) == (0, 1, 2)
+    assert inference.tta_axes_from_config({"dims": 3, "augment": {"flips": False}}) == ()
+    assert inference.tta_axes_from_config({"dims": 3, "augment": False, "tta_axes": [0]}) == (0,)
     # a list of patch axes: left-right (x) only
     assert inference.tta_axes_from_config({"dims": 3, "augment": {"flips": [0]}}) == (0,)
     # 2D: slice axes map to the in-plane volume axes; the through-plane axis is never mirrored
