@@ -345,20 +345,23 @@ def open_dataset(data: str):
     return MSDDataset(Path(data).expanduser())
 
 
-def load_volumes(dataset, case_ids: Sequence[str], *, target_spacing: Sequence[float] | None = None
-                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def load_volumes(dataset, case_ids: Sequence[str], *, target_spacing: Sequence[float] | None = None,
+                 normalization: str = "zscore") -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Load cases and normalise each image exactly as :mod:`medseg_tf.inference` does.
 
     Each image is normalised per volume with
-    ``preprocessing.normalize(image, "zscore")`` (intensities clipped to their
+    ``preprocessing.normalize(image, normalization)`` (``"zscore"``: intensities clipped to their
     0.5-99.5 % percentiles, then :func:`medseg_tf.preprocessing.zscore`), then,
     if ``target_spacing`` is given, resampled (image linear, label nearest).
+    :func:`train` passes the run spec's ``target_spacing`` and ``normalization``.
 
     Parameters
     ----------
     dataset : MSDDataset
     case_ids : sequence of str
     target_spacing : 3 floats (mm) or None
+    normalization : str
+        A :data:`medseg_tf.runspec.NORMALIZATIONS` name.
 
     Returns
     -------
@@ -370,7 +373,7 @@ def load_volumes(dataset, case_ids: Sequence[str], *, target_spacing: Sequence[f
     images, labels = [], []
     for case_id in case_ids:
         image, label, spacing = dataset.load_arrays(case_id)
-        image = normalize(image, "zscore")
+        image = normalize(image, normalization)
         if target_spacing is not None:
             image = resample_image(image, spacing, target_spacing)
             label = resample_label(label, spacing, target_spacing)
@@ -869,8 +872,10 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, overwrite: bool 
     if not train_ids or not val_ids:
         raise ConfigError("val_fraction", f"{len(case_ids)} case(s) cannot be split into training and "
                                           f"validation with val_fraction={config.val_fraction}")
-    train_volumes = load_volumes(dataset, train_ids, target_spacing=config.target_spacing)
-    val_volumes = load_volumes(dataset, val_ids, target_spacing=config.target_spacing)
+    train_volumes = load_volumes(dataset, train_ids, target_spacing=config.target_spacing,
+                                 normalization=config.normalization)
+    val_volumes = load_volumes(dataset, val_ids, target_spacing=config.target_spacing,
+                               normalization=config.normalization)
 
     lock = _lock_run_dir(run_dir) if runtime.is_chief else contextlib.nullcontext()
     with lock:
