@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from medseg_tf.errors import ConfigError, MedsegError, OverwriteError
+from medseg_tf.runspec import LOSS_NAMES, NORMS, OPTIMIZER_NAMES, SCHEDULES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -276,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a 2D or 3D U-Net and write a run folder (config.json, split.json, "
                                    "model.keras, history.csv, logs/). Options given here override the config "
                                    "file. An interrupted run resumes from its last completed epoch.")
-    p.add_argument("--config", type=Path, help="TrainConfig JSON file (see configs/)")
+    p.add_argument("--config", type=Path, help="run spec JSON file (see configs/ and medseg_tf.runspec)")
     p.add_argument("--data", help="MSD folder, or 'phantom' / 'hippocampus' for the course data sets")
     p.add_argument("--dims", type=int, choices=(2, 3), default=None, help="2D slices or 3D patches")
     p.add_argument("--context-slices", type=NON_NEGATIVE_INT,
@@ -285,17 +286,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-per-epoch", type=POSITIVE_INT, help="training batches per epoch")
     p.add_argument("--batch-size", type=POSITIVE_INT, help="batch size per replica (the global batch is this times the number of replicas)")
     p.add_argument("--patch-size", type=POSITIVE_INT, nargs="+", help="training crop in voxels (2 or 3 ints)")
-    p.add_argument("--loss", help="dice, dice_ce, ce, focal or tversky")
-    p.add_argument("--optimizer", help="adam, adamw, sgd or rmsprop")
+    p.add_argument("--loss", choices=LOSS_NAMES, help="training loss")
+    p.add_argument("--optimizer", choices=OPTIMIZER_NAMES, help="optimizer (sgd: nnU-Net's Nesterov SGD)")
     p.add_argument("--lr", type=POSITIVE_FLOAT, help="initial learning rate")
-    p.add_argument("--schedule", choices=("constant", "cosine", "poly"), help="learning-rate schedule")
+    p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, help="random seed (split, sampling, augmentation, weights)")
     p.add_argument("--max-cases", type=_number(int, low=2), help="use only the first N cases")
     p.add_argument("--val-fraction", type=OPEN_FRACTION, help="share of cases held out for validation")
     p.add_argument("--depth", type=POSITIVE_INT, help="U-Net depth (number of poolings)")
     p.add_argument("--base-filters", type=POSITIVE_INT, help="filters of the first level")
     p.add_argument("--max-filters", type=POSITIVE_INT, help="cap on the filters of any level (default: no cap)")
-    p.add_argument("--norm", choices=("batch", "instance", "group"), help="normalisation layer")
+    p.add_argument("--norm", choices=NORMS, help="normalisation layer")
     p.add_argument("--no-augment", action="store_true", help="no data augmentation")
     p.add_argument("--out", type=Path, help="run folder (default runs/<data>_<dims>d)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing complete run folder")
