@@ -172,14 +172,16 @@ def _warn_training_cases(model_dir: Path, case_ids, where: str) -> None:
 
 
 def _cmd_predict(args) -> int:
-    from medseg_tf.inference import predict_folder
-
     for inp, what in ((args.images, "--images"), (args.model, "--model")):
         if inp.exists() and (_same_or_inside(args.out, inp) or _same_or_inside(inp, args.out)):
             raise ConfigError("out", f"{args.out} is, holds or lies inside the {what} folder {inp}; choose an "
                                      "output folder apart from the inputs")
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError("out", f"{args.out} is a file, not a folder")
+    if _is_onnx(args.model):  # ONNX Runtime only: no TensorFlow import on this path
+        from medseg_tf.onnx_predict import predict_folder_onnx as predict_folder
+    else:
+        from medseg_tf.inference import predict_folder
     table = predict_folder(args.model, args.images, args.out, tta=args.tta, lcc=args.lcc,
                            overwrite=args.overwrite, progress=not args.no_progress, batch_size=args.batch_size)
     if len(table):
@@ -187,6 +189,62 @@ def _cmd_predict(args) -> int:
               f"{table['seconds'].mean():.3f} s per volume (median {table['seconds'].median():.3f} s)")
         if args.model.is_dir():
             _warn_training_cases(args.model, list(table["case"]), "images")
+    return 0
+
+
+def _is_onnx(path) -> bool:
+    return Path(path).suffix.lower() == ".onnx"
+
+
+def _cmd_export(args) -> int:
+    from medseg_tf import settings
+    from medseg_tf.export import export_model, file_size_mb
+
+    quantize = "int8" if args.int8 else ("float16" if args.float16 else None)
+    if args.int8 and args.float16:
+        raise ConfigError("int8", "and --float16 exclude each other; choose one")
+    out = export_model(args.model, args.format, args.out, quantize=quantize, calibration_data=args.calibration,
+                       calibration_cases=args.calibration_cases, overwrite=args.overwrite)
+    print(f"wrote {settings.display_path(out)} ({args.format}{' ' + quantize if quantize else ''}, "
+          f"{file_size_mb(out):.1f} MB)")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from medseg_tf import benchmark, settings
+
+    images, labels = [], None
+    if args.model:
+        folder = args.images or settings.hippocampus_sample_dir()
+        if not Path(folder).is_dir():
+            raise ConfigError("images", f"{folder} is not a folder of images")
+        root = Path(folder) / "imagesTr" if (Path(folder) / "imagesTr").is_dir() else Path(folder)
+        images = sorted(p for p in root.glob("*.nii*") if not p.name.startswith("."))[:args.cases]
+        if not images:
+            raise ConfigError("images", f"{folder} holds no NIfTI images")
+        label_dir = root.parent / "labelsTr"
+        if label_dir.is_dir() and all((label_dir / p.name).is_file() for p in images):
+            labels = [label_dir / p.name for p in images]
+    if args.out is not None and args.out.suffix.lower() != ".csv":
+        raise ConfigError("out", f"{args.out} must be a .csv file")
+    rows = benchmark.bench(dims=args.dims, models=args.model or (), precisions=args.precision,
+                           xla=[x == "on" for x in args.xla], batch_sizes=args.batch_size, data=args.data,
+                           images=images, labels=labels, steps=args.steps, repeats=args.repeats, quick=args.quick,
+                           progress=not args.no_progress)
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", None, "display.max_rows", None):
+        print(benchmark.bench_table(rows).to_string(index=False))
+    info = rows[0] if rows else {}
+    print(f"{info.get('device', '')}, {info.get('cpu', '')}; Keras {info.get('keras', '')} on "
+          f"{info.get('backend', '')}; matmul peak {info.get('matmul_peak_gflops', float('nan')):.0f} GFLOP/s; "
+          f"load average {info.get('load_avg', float('nan')):.1f} at the start (figures depend on the machine "
+          "and its load)")
+    if args.out is not None:
+        import shlex
+
+        benchmark.append_bench(rows, args.out, command=shlex.join(["python", "-m", "medseg_tf", *sys.argv[1:]]))
+        print(f"appended {len(rows)} row(s) to {settings.display_path(args.out)}")
     return 0
 
 
@@ -306,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment whole volumes with a trained model",
                        description="Predict label maps for every image of a folder (MSD imagesTs/-like, or an "
                                    "MSD folder whose imagesTr/ is used), written as NIfTI on the source grid.")
-    p.add_argument("--model", type=Path, required=True, help="run folder (model.keras + config.json)")
+    p.add_argument("--model", type=Path, required=True,
+                   help="run folder (model.keras + config.json), or an exported .onnx file (no TensorFlow needed)")
     p.add_argument("--images", type=Path, required=True, help="folder of .nii.gz images, or an MSD folder")
     p.add_argument("--out", type=Path, required=True, help="output folder for <case>.nii.gz label maps")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
@@ -315,6 +374,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing predictions")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export", help="export a trained model: ONNX, LiteRT (float16/int8), SavedModel",
+                       description="Write a run folder's model in a deployment format. ONNX runs with "
+                                   "onnxruntime alone (predict --model FILE.onnx needs no TensorFlow); LiteRT can "
+                                   "quantise to float16 or int8 (calibrated on training cases); 3D models do not "
+                                   "convert to LiteRT (no MaxPool3D kernel).")
+    p.add_argument("--model", type=Path, required=True, help="run folder (model.keras + config.json) or .keras file")
+    p.add_argument("--format", required=True, choices=("onnx", "litert", "saved_model"), help="output format")
+    p.add_argument("--out", type=Path, required=True, help="output .onnx / .tflite file, or SavedModel folder")
+    p.add_argument("--int8", action="store_true", help="litert: int8 post-training quantisation")
+    p.add_argument("--float16", action="store_true", help="litert: float16 weights")
+    p.add_argument("--calibration", help="int8: data set of the calibration cases (default: the run's data)")
+    p.add_argument("--calibration-cases", type=POSITIVE_INT, default=8,
+                   help="int8: training cases drawn for calibration (default 8)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("bench", help="measure training/inference speed, memory and FLOP efficiency",
+                       description="Time training (synthetic batch and input pipeline), the model call and "
+                                   "end-to-end prediction; FLOPs and the share of a matmul peak measured on the "
+                                   "spot. Medians of repeats; rows appended to --out. Figures depend on the "
+                                   "machine and its load.")
+    p.add_argument("--dims", type=int, nargs="+", choices=(2, 3), default=[3],
+                   help="U-Nets of the reference recipes to time (default 3)")
+    p.add_argument("--model", type=Path, nargs="+",
+                   help="instead: time these models end to end (run folders, .onnx, .tflite, SavedModel folders)")
+    p.add_argument("--images", type=Path, help="with --model: images to predict (default data/hippocampus_sample)")
+    p.add_argument("--cases", type=POSITIVE_INT, default=8, help="with --model: number of images (default 8)")
+    p.add_argument("--precision", nargs="+", choices=("float32", "mixed_bfloat16", "mixed_float16"),
+                   default=["float32"], help="Keras dtype policies to time (default float32)")
+    p.add_argument("--xla", nargs="+", choices=("off", "on"), default=["off"], help="XLA compilation (default off)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, nargs="+", help="batch sizes (default: the recipe's)")
+    p.add_argument("--data", nargs="+", default=["synthetic"],
+                   help="training data: synthetic and/or phantom, hippocampus, an MSD folder (input pipeline)")
+    p.add_argument("--steps", type=POSITIVE_INT, default=10, help="timed training steps per repeat (default 10)")
+    p.add_argument("--repeats", type=POSITIVE_INT, default=3, help="repeats; the median is reported (default 3)")
+    p.add_argument("--quick", action="store_true", help="tiny nets, few steps: checks the code path, not speed")
+    p.add_argument("--out", type=Path, help="append the rows to this CSV (e.g. benchmarks/bench.csv)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("evaluate", help="per-case, per-class metrics of predictions against labels",
                        description="Dice, IoU, precision, recall, volume difference, HD, HD95, ASSD and "
@@ -371,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if args.command in ("train", "predict"):  # the commands that load TensorFlow
+    if args.command in ("train", "predict", "export", "bench") and not (
+            args.command == "predict" and _is_onnx(args.model)):  # the commands that load TensorFlow
         _quiet_tensorflow_logs()
     try:
         return int(args.func(args) or 0)
