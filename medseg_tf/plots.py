@@ -29,6 +29,7 @@ from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import patheffects
 
 from medseg_tf import settings
 
@@ -71,6 +72,10 @@ def plane_of_axis(axis: int) -> str:
     return PLANES[int(axis) % 3]
 
 
+#: A dark outline, so that light text and bars stay readable on bright image regions.
+_OUTLINE = [patheffects.withStroke(linewidth=2.5, foreground="black")]
+
+
 def orientation_labels(ax, plane: str, *, color: str = "#ffe119", fontsize: float = 10) -> None:
     """Write the patient-direction letters at the four edges of a slice drawn as in :func:`overlay`.
 
@@ -87,7 +92,8 @@ def orientation_labels(ax, plane: str, *, color: str = "#ffe119", fontsize: floa
     if plane not in ORIENTATION_LETTERS:
         raise ValueError(f"plane must be one of {sorted(ORIENTATION_LETTERS)}, got {plane!r}")
     left, right, bottom, top = ORIENTATION_LETTERS[plane]
-    style = {"transform": ax.transAxes, "color": color, "fontsize": fontsize, "fontweight": "bold"}
+    style = {"transform": ax.transAxes, "color": color, "fontsize": fontsize, "fontweight": "bold",
+             "path_effects": _OUTLINE}
     ax.text(0.02, 0.5, left, ha="left", va="center", **style)
     ax.text(0.98, 0.5, right, ha="right", va="center", **style)
     ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
@@ -135,6 +141,8 @@ def scale_bar(ax, mm: float | None = None, spacing: float = 1.0, *, loc: str = "
     bar = AnchoredSizeBar(ax.transData, float(mm) / spacing, label, loc, pad=0.3, borderpad=0.3,
                           sep=2, frameon=False, color=color, size_vertical=0,
                           fontproperties={"size": fontsize})
+    for artist in (*bar.size_bar.get_children(), *bar.txt_label.get_children()):
+        artist.set_path_effects(_OUTLINE)
     ax.add_artist(bar)
     return bar
 
