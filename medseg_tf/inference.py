@@ -61,6 +61,7 @@ __all__ = [
     "sliding_window_starts",
     "predict_volume",
     "predict_case",
+    "predict_probabilities",
     "tta_axes_from_config",
     "predict_folder",
     "load_run",
@@ -272,6 +273,16 @@ def _check_channels(model, data: np.ndarray, spec: RunSpec, path) -> None:
 def _predict_loaded(model, vol: io.Volume, config: RunSpec | Mapping, *, tta: bool, lcc: bool,
                     batch_size: int) -> np.ndarray:
     """Label map (uint8, original voxel order and shape) of a loaded image volume."""
+    _, probs = _probabilities_loaded(model, vol, config, tta=tta, batch_size=batch_size)
+    labels = _labels_from_probs(probs)
+    if lcc:
+        labels = keep_largest_component(labels)
+    return io.reorient_from_ras(labels, vol)
+
+
+def _probabilities_loaded(model, vol: io.Volume, config: RunSpec | Mapping, *, tta: bool,
+                          batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised RAS image (model grid) and RAS class probabilities (native grid) of a loaded volume."""
     spec = RunSpec.coerce(config)
     ras = io.reorient_to_ras(vol)
     data = np.asarray(ras.data, dtype=np.float32)
@@ -298,10 +309,48 @@ def _predict_loaded(model, vol: io.Volume, config: RunSpec | Mapping, *, tta: bo
     if spec.target_spacing is not None:
         probs = preprocessing.resample_to_spacing(probs, spec.target_spacing, spacing, order=1,
                                                   shape=data.shape[:3])
-    labels = _labels_from_probs(probs)
-    if lcc:
-        labels = keep_largest_component(labels)
-    return io.reorient_from_ras(labels, vol)
+    return image, probs
+
+
+def predict_probabilities(model, image: str | os.PathLike | io.Volume, config: RunSpec | Mapping, *,
+                          tta: bool = False, temperature: float = 1.0,
+                          batch_size: int = 16) -> tuple[np.ndarray, np.ndarray, io.Volume]:
+    """Class probabilities of one image in RAS voxel order, with the model input they came from.
+
+    The same steps as :func:`predict_case` up to the argmax, then temperature
+    scaling (:func:`medseg_tf.uncertainty.apply_temperature`: ``softmax(log p / T)``,
+    applied to the final probabilities after any TTA averaging and resampling;
+    it never changes the argmax).
+
+    Parameters
+    ----------
+    model : keras.Model
+    image : path or io.Volume
+        A NIfTI image (path or loaded volume), in any orientation.
+    config : RunSpec or mapping
+        The run spec.
+    tta : bool
+        Flip test-time augmentation (only for models trained with flips).
+    temperature : float
+        T > 0 (1: the model's own probabilities).
+    batch_size : int
+        Slices or patches per model call.
+
+    Returns
+    -------
+    image : np.ndarray
+        float32, the normalised model input ``(X, Y, Z)`` in RAS order (on the
+        ``target_spacing`` grid when the spec resamples).
+    probs : np.ndarray
+        float32 ``(X, Y, Z, C)`` on the image's native grid, RAS order.
+    ras : io.Volume
+        The image reoriented to RAS (its ``spacing`` in mm).
+    """
+    from medseg_tf.uncertainty import apply_temperature
+
+    vol = image if isinstance(image, io.Volume) else io.load_nifti(image)
+    model_input, probs = _probabilities_loaded(model, vol, config, tta=tta, batch_size=batch_size)
+    return model_input, apply_temperature(probs, temperature), io.reorient_to_ras(vol)
 
 
 def predict_case(model, image_path: str | os.PathLike, config: Mapping, *, tta: bool = False,
@@ -383,7 +432,8 @@ def _case_id(path: Path) -> str:
 
 def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                    config: Mapping | None = None, tta: bool = False, lcc: bool = False,
-                   overwrite: bool = False, progress: bool = True, batch_size: int = 16):
+                   overwrite: bool = False, progress: bool = True, batch_size: int = 16,
+                   temperature: float | None = None, calibration: Mapping | None = None):
     """Predict every image of a folder and write ``out_dir/<case>.nii.gz`` label maps.
 
     Parameters
@@ -408,19 +458,34 @@ def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str
         Show a tqdm progress bar.
     batch_size : int
         Slices or patches per model call.
+    temperature : float, optional
+        Temperature T > 0 of the reported uncertainty (the labels do not
+        depend on it). Default: the calibration's, else 1.
+    calibration : mapping, optional
+        A calibration (:func:`medseg_tf.uncertainty.read_calibration`); default:
+        the run folder's ``calibration.json`` when there is one.
 
     Returns
     -------
     pandas.DataFrame
         Columns ``case`` and ``seconds`` (wall time of reading, predicting and
-        writing that case).
+        writing that case). With a calibration or a temperature also
+        ``temperature`` and ``uncertainty``
+        (:func:`medseg_tf.uncertainty.case_uncertainty` at that temperature),
+        and with a calibration holding an OOD threshold ``ood_score``,
+        ``ood_threshold`` and ``ood`` (True when the score is above the
+        threshold: the case looks unlike the validation cases). The OOD score
+        always uses the calibration's own temperature, whatever ``temperature``.
     """
+    from medseg_tf import uncertainty
     import pandas as pd
     from tqdm.auto import tqdm
 
     if isinstance(model_or_run_dir, (str, os.PathLike)):
         model, run_spec = load_run(model_or_run_dir)
         config = run_spec.replace(**config) if config else run_spec
+        if calibration is None:
+            calibration = uncertainty.read_calibration(model_or_run_dir)
     else:
         model = model_or_run_dir
         if config is None:
@@ -437,13 +502,34 @@ def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str
                              "outputs do); pass --overwrite (overwrite=True) to replace them")
     if tta:
         _checked_tta_axes(config)  # refuse before anything is written
+    report = temperature is not None or calibration is not None
+    if temperature is None:
+        temperature = calibration["temperature"] if calibration is not None else 1.0
+    temperature = uncertainty.check_temperature(temperature)
+    ood = calibration.get("ood") if calibration is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for path, out in tqdm(list(zip(files, outputs)), desc="predict", unit="case",
                           disable=not progress):
         start = time.perf_counter()
         vol = io.load_nifti(path)
-        labels = _predict_loaded(model, vol, config, tta=tta, lcc=lcc, batch_size=batch_size)
-        io.save_nifti(labels, out, reference=vol, overwrite=overwrite)
-        rows.append({"case": _case_id(path), "seconds": time.perf_counter() - start})
-    return pd.DataFrame(rows, columns=["case", "seconds"])
+        image, probs = _probabilities_loaded(model, vol, config, tta=tta, batch_size=batch_size)
+        labels = _labels_from_probs(probs)
+        if lcc:
+            labels = keep_largest_component(labels)
+        io.save_nifti(io.reorient_from_ras(labels, vol), out, reference=vol, overwrite=overwrite)
+        row = {"case": _case_id(path), "seconds": time.perf_counter() - start}
+        if report:
+            row["temperature"] = temperature
+            row["uncertainty"] = uncertainty.case_uncertainty(uncertainty.apply_temperature(probs, temperature))
+        if ood is not None:
+            stats = uncertainty.case_statistics(
+                image, uncertainty.apply_temperature(probs, calibration["temperature"]),
+                radius=int(ood.get("radius", 3)), levels=ood.get("levels", uncertainty.QUANTILE_LEVELS))
+            row["ood_score"] = uncertainty.ood_score(stats, ood)
+            row["ood_threshold"] = float(ood["threshold"])
+            row["ood"] = row["ood_score"] > row["ood_threshold"]
+        rows.append(row)
+    columns = ["case", "seconds"] + (["temperature", "uncertainty"] if report else []) + (
+        ["ood_score", "ood_threshold", "ood"] if ood is not None else [])
+    return pd.DataFrame(rows, columns=columns)

@@ -4,7 +4,10 @@
   each volume is normalised on its own (:func:`zscore`, optionally inside a
   mask, after :func:`clip_percentiles`).
 * CT intensities are in Hounsfield units (HU) and are *windowed*
-  (:func:`ct_window`) instead.
+  (:func:`ct_window`, named presets :data:`CT_WINDOWS`) for display, or for a
+  network clipped and z-scored with statistics of the whole training set, as
+  nnU-Net does (:func:`ct_intensity_stats`, :func:`ct_normalize`);
+  :func:`check_hounsfield` refuses a "CT" that is not in HU.
 * Voxel spacing differs between cases; :func:`resample_to_spacing` brings a
   volume to a target spacing in mm with ``scipy.ndimage.zoom`` (images:
   linear or cubic; label maps: nearest neighbour, so label values are kept, or
@@ -21,9 +24,12 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from medseg_tf.errors import ConfigError, DataError
+
 __all__ = ["zscore", "clip_percentiles", "ct_window", "resample_to_spacing", "resample_image",
            "resample_label", "resample_label_onehot", "pad_to_multiple", "pad_to_shape", "unpad", "crop_to_foreground",
-           "foreground_bbox", "normalize", "neighbour_slice_indices", "stack_neighbour_slices"]
+           "foreground_bbox", "normalize", "neighbour_slice_indices", "stack_neighbour_slices",
+           "CT_WINDOWS", "ct_window_preset", "check_hounsfield", "ct_intensity_stats", "ct_normalize"]
 
 
 def zscore(image: np.ndarray, mask: np.ndarray | None = None, *, eps: float = 1e-8) -> np.ndarray:
@@ -73,6 +79,97 @@ def ct_window(image: np.ndarray, center: float, width: float) -> np.ndarray:
         raise ValueError(f"window width must be positive, got {width}")
     lo = center - width / 2.0
     return np.clip((np.asarray(image, dtype=np.float32) - lo) / width, 0.0, 1.0)
+
+
+#: Display / input windows for CT, name -> (level, width) in HU.
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "soft tissue": (40.0, 400.0),
+    "liver": (60.0, 160.0),
+    "lung": (-600.0, 1500.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+}
+
+
+def ct_window_preset(image: np.ndarray, name: str) -> np.ndarray:
+    """:func:`ct_window` with a named (level, width) from :data:`CT_WINDOWS`, output in [0, 1]."""
+    if name not in CT_WINDOWS:
+        raise ConfigError("window", f"must be one of {', '.join(CT_WINDOWS)}, got {name!r}")
+    level, width = CT_WINDOWS[name]
+    return ct_window(image, level, width)
+
+
+def check_hounsfield(image: np.ndarray, path=None) -> None:
+    """Raise :class:`DataError` unless ``image`` looks like a CT in Hounsfield units.
+
+    A CT in HU has air at about -1000 (outside the body, in the lungs and the
+    bowel) and soft tissue near 0-60. An image with no value below -500 HU has
+    no air: it was most likely rescaled (e.g. to 0-255 for display, or 0-4095
+    without the DICOM rescale intercept), and HU windows and CT normalisation
+    would be meaningless on it.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        The volume, any shape.
+    path : str or PathLike, optional
+        The file it came from, named in the error.
+    """
+    data = np.asarray(image)
+    lo, hi = float(np.min(data)), float(np.max(data))
+    if lo > -500:
+        hint = " (it looks rescaled to 0-255)" if lo >= 0 and hi <= 255 else \
+            " (stored values without the DICOM rescale slope/intercept?)" if lo >= 0 else ""
+        raise DataError(path, f"not a CT in Hounsfield units: values {lo:g} to {hi:g} contain no air "
+                              f"(about -1000 HU){hint}")
+
+
+def ct_intensity_stats(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], *,
+                       samples_per_case: int = 10_000, seed: int = 0) -> dict[str, float]:
+    """Foreground HU statistics over a whole training set, as nnU-Net's CT normalisation collects them.
+
+    For CT the same HU means the same tissue in every case, so nnU-Net does not
+    normalise each volume on its own (as for MRI): it samples foreground voxels
+    (label > 0) of every training case, takes their 0.5 and 99.5 percentiles,
+    mean and standard deviation once, and applies the same clip + z-score to
+    every image (:func:`ct_normalize`).
+
+    Parameters
+    ----------
+    images, labels : sequences of np.ndarray
+        Training volumes in HU and their label maps (same shapes, pairwise).
+    samples_per_case : int
+        Foreground voxels drawn per case (all when fewer), as nnU-Net's 10,000.
+    seed : int
+        Seeds the sampling.
+
+    Returns
+    -------
+    dict
+        ``p00_5``, ``p99_5``, ``mean``, ``std`` (HU), ``n`` (voxels used).
+    """
+    rng = np.random.default_rng(seed)
+    values = []
+    for image, label in zip(images, labels, strict=True):
+        fg = np.asarray(image)[np.asarray(label) > 0]
+        if fg.size > samples_per_case:
+            fg = rng.choice(fg, samples_per_case, replace=False)
+        values.append(fg.astype(np.float64))
+    v = np.concatenate(values) if values else np.array([])
+    if v.size == 0:
+        raise ValueError("ct_intensity_stats: no foreground voxel in the training labels")
+    lo, hi = np.percentile(v, [0.5, 99.5])
+    return {"p00_5": float(lo), "p99_5": float(hi), "mean": float(v.mean()), "std": float(v.std()), "n": int(v.size)}
+
+
+def ct_normalize(image: np.ndarray, stats: dict[str, float]) -> np.ndarray:
+    """nnU-Net's CT normalisation: clip to the data set's foreground [0.5, 99.5] percentiles, then z-score.
+
+    ``stats`` comes from :func:`ct_intensity_stats` on the training set, and the
+    same numbers are used for every image (training, validation, test).
+    """
+    clipped = np.clip(np.asarray(image, dtype=np.float32), stats["p00_5"], stats["p99_5"])
+    return ((clipped - stats["mean"]) / max(stats["std"], 1e-8)).astype(np.float32)
 
 
 def normalize(image: np.ndarray, method: str = "zscore") -> np.ndarray:

@@ -391,7 +391,8 @@ def case_statistics(image: np.ndarray, probs: np.ndarray, *, radius: int = 3,
     Parameters
     ----------
     image : np.ndarray
-        The normalised model input ``(X, Y, Z)`` (first channel used if 4D).
+        The normalised model input ``(X, Y, Z)`` (first channel used if 4D); only
+        its intensity quantiles are used, so it may be on another grid than ``probs``.
     probs : np.ndarray
         ``(X, Y, Z, C)`` predicted probabilities (at the calibrated temperature).
     radius : int
@@ -410,7 +411,7 @@ def case_statistics(image: np.ndarray, probs: np.ndarray, *, radius: int = 3,
     if img.ndim == 4:
         img = img[..., 0]
     p = _as_classes(probs)
-    if p.shape[:-1] != img.shape:
+    if p.ndim != img.ndim + 1:
         raise ValueError(f"image of shape {img.shape} and probabilities of shape {p.shape} do not match")
     labels = p.argmax(axis=-1)
     entropy = predictive_entropy(p)
