@@ -27,7 +27,7 @@ import numpy as np
 
 from medseg_tf import settings
 from medseg_tf.errors import DataError, OverwriteError
-from medseg_tf.io import Volume, load_nifti, reorient_to_ras, save_nifti
+from medseg_tf.io import Volume, case_id, load_nifti, reorient_to_ras, save_nifti
 
 __all__ = ["Case", "MSDDataset", "write_msd_dataset", "check_dataset", "course_dataset",
            "split_cases"]
@@ -52,14 +52,6 @@ class Case:
     case_id: str
     image_path: Path
     label_path: Path | None
-
-
-def _case_id(path: str | Path) -> str:
-    name = Path(path).name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
 
 
 def _read_json(path: Path) -> dict:
@@ -130,11 +122,11 @@ class MSDDataset:
         for i, entry in enumerate(training):
             if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
                 raise DataError(json_path, f"training entry {i} must have 'image' and 'label'")
-            self.cases.append(Case(_case_id(entry["image"]), self._resolve(entry["image"]),
+            self.cases.append(Case(case_id(entry["image"]), self._resolve(entry["image"]),
                                    self._resolve(entry["label"])))
         if not self.cases:
             raise DataError(json_path, "the data set lists no training case")
-        self.test_cases = [Case(_case_id(p), self._resolve(p), None)
+        self.test_cases = [Case(case_id(p), self._resolve(p), None)
                            for p in meta.get("test", []) if isinstance(p, str)]
 
     def _resolve(self, rel: str) -> Path:

@@ -37,8 +37,34 @@ __all__ = [
 
 
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, ...]:
-    """Voxel spacing in mm along each voxel axis: the column norms of ``affine[:3, :3]``."""
-    return tuple(float(s) for s in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
+    """Voxel spacing in mm along each voxel axis: the column norms of ``affine[:3, :3]``.
+
+    >>> spacing_from_affine(np.diag([0.5, 1.0, 2.0, 1.0]))
+    (0.5, 1.0, 2.0)
+    """
+    return tuple(float(s) for s in nib.affines.voxel_sizes(np.asarray(affine, dtype=float)))
+
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def case_id(path: str | os.PathLike) -> str:
+    """The case name of a NIfTI file: its file name without ``.nii.gz`` / ``.nii``.
+
+    >>> case_id("imagesTr/hippocampus_004.nii.gz"), case_id("a/b.nii")
+    ('hippocampus_004', 'b')
+    """
+    name = Path(path).name
+    for ext in NIFTI_SUFFIXES:
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def nifti_files(folder: str | os.PathLike) -> list[Path]:
+    """The NIfTI files (``.nii.gz``, ``.nii``) of a folder, sorted by name, hidden files (macOS ``._x``) skipped."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.name.endswith(NIFTI_SUFFIXES))
 
 
 @dataclass
