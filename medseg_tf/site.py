@@ -38,8 +38,9 @@ MATHJAX2_CONFIG = {
 }
 
 CONF_PY = """\
-project = {title!r}
+project = "medseg-tf"
 author = "medseg-tf"
+html_show_copyright = False
 extensions = ["myst_nb"]
 nb_execution_mode = "off"
 nb_output_stderr = "show"
