@@ -178,18 +178,41 @@ def _cmd_predict(args) -> int:
                                      "output folder apart from the inputs")
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError("out", f"{args.out} is a file, not a folder")
+    extra = {}
     if _is_onnx(args.model):  # ONNX Runtime only: no TensorFlow import on this path
         from medseg_tf.onnx_predict import predict_folder_onnx as predict_folder
+        if args.temperature is not None:
+            raise ConfigError("temperature", "applies to run folders (Keras models) only, not to an .onnx file")
     else:
         from medseg_tf.inference import predict_folder
+        extra["temperature"] = args.temperature
     table = predict_folder(args.model, args.images, args.out, tta=args.tta, lcc=args.lcc,
-                           overwrite=args.overwrite, progress=not args.no_progress, batch_size=args.batch_size)
+                           overwrite=args.overwrite, progress=not args.no_progress, batch_size=args.batch_size,
+                           **extra)
     if len(table):
         print(f"predicted {len(table)} volumes into {args.out}: "
               f"{table['seconds'].mean():.3f} s per volume (median {table['seconds'].median():.3f} s)")
+        _report_trust(args, table)
         if args.model.is_dir():
             _warn_training_cases(args.model, list(table["case"]), "images")
     return 0
+
+
+def _report_trust(args, table) -> None:
+    """Print the temperature and per-case uncertainty, and one warning line per out-of-distribution case."""
+    if "uncertainty" not in table:
+        return
+    source = "--temperature" if args.temperature is not None else "calibration.json"
+    print(f"temperature {table['temperature'].iloc[0]:.3g} ({source}); per-case uncertainty (expected "
+          f"mislabelled voxels per predicted foreground voxel): median {table['uncertainty'].median():.3f}, "
+          f"max {table['uncertainty'].max():.3f}")
+    if "ood" not in table:
+        return
+    for row in table[table["ood"]].itertuples():
+        print(f"warning: {row.case}: out-of-distribution score {row.ood_score:.1f} > threshold "
+              f"{row.ood_threshold:.1f} ({Path(args.model) / 'calibration.json'}): the image is unlike the "
+              "validation cases (orientation, modality, intensity, noise, field of view?); check it before "
+              "trusting its segmentation", file=sys.stderr)
 
 
 def _is_onnx(path) -> bool:
@@ -370,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder for <case>.nii.gz label maps")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--lcc", action="store_true", help="keep the largest connected component per class")
+    p.add_argument("--temperature", type=POSITIVE_FLOAT, default=None,
+                   help="divide the log-probabilities by T before the softmax (calibration; labels unchanged; "
+                        "default: the run folder's calibration.json, else 1); reported as per-case uncertainty")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=16, help="slices or windows per model call")
     p.add_argument("--overwrite", action="store_true", help="replace existing predictions")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
