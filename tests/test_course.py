@@ -175,3 +175,17 @@ def test_course_notebooks_student_versions(book):
     assert not any(course.is_solution(c) for c in student.cells)
     assert not {c.source.strip() for c in student.cells} & set(solutions)
     assert course.solution_dependencies(nb) == []
+
+
+# the cheapest notebooks in quick mode (see times.csv of `python -m medseg_tf course --quick`) run as students
+# get them; for the others the static check above shows that no cell needs a solution cell's names
+STUDENT_RUNS = ["00"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prefix", STUDENT_RUNS)
+def test_student_version_runs_top_to_bottom(prefix, tmp_path):
+    (book,) = course.list_notebooks(only=[prefix])
+    (student,) = course.write_student_versions(tmp_path, only=[prefix])
+    seconds = course.execute_notebook(student, write=False, env={"MEDSEG_QUICK": "1"})
+    assert seconds > 0
