@@ -1,7 +1,9 @@
 """Notebooks on the real data (nbval runs every notebook on the phantom in quick mode)."""
 
 import os
+import re
 
+import nbformat
 import pytest
 
 from medseg_tf.course import NOTEBOOKS_DIR, execute_notebook, list_notebooks
@@ -34,3 +36,22 @@ def test_runner_reports_failing_cell(tmp_path):
         execute_notebook(path)
     assert "raise ValueError" in str(info.value)  # the failing cell's source is shown
     assert path.read_text() == before  # a failed run does not overwrite the notebook
+
+
+MACHINE_PATH = re.compile(r"(?:^|[\s'\"(=:])(/(?:home|root|tmp|work|Users|mnt|var|private|opt)/[^\s'\")]*)")
+TF_LOG_LINE = re.compile(r"^(?:[IWEF]0000 |WARNING: All log messages before absl)", re.M)
+
+
+@pytest.mark.parametrize("book", list_notebooks(), ids=lambda p: p.stem)
+def test_committed_outputs_show_no_machine_paths_or_tf_logs(book):
+    """Outputs are read on the web: no absolute machine paths (print settings.display_path), no C++ logs."""
+    nb = nbformat.read(book, as_version=4)
+    problems = []
+    for index, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            text = out.get("text", "") + "".join(
+                v if isinstance(v, str) else "".join(v)
+                for k, v in out.get("data", {}).items() if k.startswith("text/"))
+            problems += [f"cell {index}: path {m}" for m in MACHINE_PATH.findall(text)]
+            problems += [f"cell {index}: TensorFlow log line" for _ in TF_LOG_LINE.finditer(text)]
+    assert not problems, f"{book.name}: " + "; ".join(problems[:5])
