@@ -368,10 +368,31 @@ def figures_dir_for(dataset: str, root: Path) -> Path:
     return Path(root) if dataset == "phantom" else Path(root) / dataset
 
 
+#: Pace assumed by :func:`teaching_minutes`: prose read aloud and discussed, and one exercise.
+WORDS_PER_MINUTE = 100
+MINUTES_PER_EXERCISE = 10
+
+
+def notebook_stats(nb) -> dict:
+    """Code cells, words of prose (markdown) and exercises (solution cells following a markdown cell)."""
+    exercises = sum(1 for prev, cell in zip(nb.cells, nb.cells[1:])
+                    if is_solution(cell) and not is_solution(prev))
+    words = sum(len(c.source.split()) for c in nb.cells if c.cell_type == "markdown")
+    return {"code_cells": sum(c.cell_type == "code" for c in nb.cells), "words": words, "exercises": exercises}
+
+
+def teaching_minutes(words: int, exercises: int, run_seconds: float) -> int:
+    """A rough lesson length: prose at :data:`WORDS_PER_MINUTE`, :data:`MINUTES_PER_EXERCISE` per
+    exercise, plus the notebook's running time; rounded up to 5 minutes."""
+    minutes = words / WORDS_PER_MINUTE + MINUTES_PER_EXERCISE * exercises + run_seconds / 60
+    return int(5 * -(-minutes // 5))
+
+
 def _write_times(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["notebook", "mode", "dataset", "code_cells", "seconds"])
+        writer = csv.DictWriter(f, fieldnames=["notebook", "mode", "dataset", "code_cells", "words", "exercises",
+                                               "seconds", "teaching_minutes"])
         writer.writeheader()
         writer.writerows(rows)
 
@@ -433,9 +454,10 @@ def run_course(*, quick: bool = False, only: list[str] | None = None, timeout: i
         except RuntimeError as exc:
             print(str(exc), file=sys.stderr)
             return 1
-        cells = sum(c.cell_type == "code" for c in nbformat.read(book, as_version=4).cells)
-        rows.append({"notebook": book.stem, "mode": "quick" if quick else "full", "dataset": dataset,
-                     "code_cells": cells, "seconds": round(seconds, 1)})
+        stats = notebook_stats(nbformat.read(book, as_version=4))
+        rows.append({"notebook": book.stem, "mode": "quick" if quick else "full", "dataset": dataset, **stats,
+                     "seconds": round(seconds, 1),
+                     "teaching_minutes": teaching_minutes(stats["words"], stats["exercises"], seconds)})
         if write:
             _write_times(out_root / "times.csv", rows)
     print(f"All {len(books)} notebooks ran in {time.perf_counter() - total:.1f} s"

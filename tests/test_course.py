@@ -71,6 +71,7 @@ def test_course_writes_only_to_its_output_folder(fake_notebooks, tmp_path, monke
         rows = list(csv.DictReader(f))
     assert [r["notebook"] for r in rows] == ["00_first", "01_second"]
     assert all(float(r["seconds"]) > 0 and r["mode"] == "quick" for r in rows)
+    assert [r["code_cells"] for r in rows] == ["1", "2"] and int(rows[0]["teaching_minutes"]) >= 5
     text = log.getvalue()  # progress: each cell, the notebook's latest line, elapsed time
     assert "[1/2] 00_first (1 code cells)" in text
     assert "cell 1/1 took" in text and "epoch 2/2" in text
@@ -134,6 +135,13 @@ EXERCISE = [
     new_code_cell("square = x ** 2\nprint(square)", metadata={"tags": ["solution"]}),
     new_code_cell("print(x + 1)"),
 ]
+
+
+def test_notebook_stats_and_teaching_estimate():
+    nb = new_notebook(cells=[c.copy() for c in EXERCISE])
+    assert course.notebook_stats(nb) == {"code_cells": 3, "words": 3, "exercises": 1}
+    assert course.teaching_minutes(words=1000, exercises=2, run_seconds=90) == 35  # 10 + 20 + 1.5, rounded up
+    assert course.teaching_minutes(words=0, exercises=0, run_seconds=1) == 5
 
 
 def test_student_version_drops_solutions_and_outputs():
