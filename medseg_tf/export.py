@@ -136,7 +136,8 @@ def calibration_samples(config: Mapping, images: Iterable[np.ndarray], *, n: int
         RAS image volumes ``(X, Y, Z)``, already normalised as in training
         (:func:`medseg_tf.sliding.prepare_image`).
     n : int
-        Samples to return (slices for a 2D model, padded volumes or patches for a 3D one).
+        Samples to return (slices for a 2D model, padded volumes or patches for a 3D one), spread
+        evenly over the images.
     input_shape : sequence, optional
         The model's input shape; samples are padded to multiples of the
         model's divisor and to its fixed sizes.
@@ -151,6 +152,8 @@ def calibration_samples(config: Mapping, images: Iterable[np.ndarray], *, n: int
 
     rng = np.random.default_rng(seed)
     dims, divisor = int(config["dims"]), config_divisor(config)
+    images = list(images)
+    per_image = max(1, -(-int(n) // max(1, len(images))))   # ceil(n / cases): spread over the cases
     pool: list[np.ndarray] = []
     for image in images:
         image = np.asarray(image, dtype=np.float32)
@@ -163,16 +166,15 @@ def calibration_samples(config: Mapping, images: Iterable[np.ndarray], *, n: int
             target = padded_target(slices.shape[1:3], divisor)
             if input_shape is not None and all(s is not None for s in input_shape[1:3]):
                 target = [int(s) for s in input_shape[1:3]]
-            for k in rng.permutation(slices.shape[0])[:max(1, n // 4)]:
+            for k in rng.permutation(slices.shape[0])[:per_image]:
                 pool.append(preprocessing.pad_to_shape(slices[k], [*target, slices.shape[-1]], value=fill)[0][None])
         else:
             target = padded_target(image.shape, divisor, config.get("patch_size"))
             padded = preprocessing.pad_to_shape(image[..., None], [*target, 1], value=fill)[0]
             patch = config.get("patch_size") or target
-            corner = [int(rng.integers(0, t - p + 1)) for t, p in zip(target, patch)]
-            pool.append(padded[tuple(slice(c, c + p) for c, p in zip(corner, patch))][None])
-        if len(pool) >= n:
-            break
+            for _ in range(per_image):
+                corner = [int(rng.integers(0, t - p + 1)) for t, p in zip(target, patch)]
+                pool.append(padded[tuple(slice(c, c + p) for c, p in zip(corner, patch))][None])
     if not pool:
         raise ValueError("no calibration images given")
     return [np.ascontiguousarray(s, dtype=np.float32) for s in pool[:n]]
@@ -287,7 +289,9 @@ def _export_onnx(model, config: Mapping, out: Path, opset: int | None) -> None:
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tmp_file = Path(tmp) / out.name
         kwargs = {"opset_version": opset} if opset else {}
-        _quiet(lambda: model.export(str(tmp_file), format="onnx", verbose=False, **kwargs))
+        with warnings.catch_warnings():  # tf2onnx's NumPy 2 patch in Keras warns about np.object
+            warnings.simplefilter("ignore", FutureWarning)
+            _quiet(lambda: model.export(str(tmp_file), format="onnx", verbose=False, **kwargs))
         proto = onnx.load(str(tmp_file))
         entry = proto.metadata_props.add()
         entry.key, entry.value = "medseg_config", json.dumps(dict(config))
