@@ -88,13 +88,32 @@ def _cmd_site(args) -> int:
 def _cmd_data_phantom(args) -> int:
     import time
 
-    from medseg_tf.phantom import write_phantom_dataset
+    from medseg_tf.phantom import DEFAULT_CASES, write_phantom_dataset
+    from medseg_tf.phantom_brain import BRAIN_DEFAULT_CASES, write_brain_dataset
+    from medseg_tf.phantom_ct import CT_DEFAULT_CASES, write_ct_dataset
+    from medseg_tf.phantom_fundus import FUNDUS_DEFAULT_CASES, write_fundus_dataset
 
+    writers = {"mri": (write_phantom_dataset, DEFAULT_CASES), "ct": (write_ct_dataset, CT_DEFAULT_CASES),
+               "brain": (write_brain_dataset, BRAIN_DEFAULT_CASES),
+               "fundus": (write_fundus_dataset, FUNDUS_DEFAULT_CASES)}
+    write, default_cases = writers[args.kind]
+    n_cases = args.cases or default_cases
     start = time.perf_counter()
     if args.out.exists() and not args.out.is_dir():
         raise OverwriteError(f"{args.out}: is a file, not a folder; choose another --out")
-    out = write_phantom_dataset(args.out, n_cases=args.cases, seed=args.seed, overwrite=args.overwrite)
-    print(f"wrote {args.cases} phantom cases to {out} in {time.perf_counter() - start:.1f} s")
+    out = write(args.out, n_cases=n_cases, seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote {n_cases} {args.kind} phantom cases to {out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _cmd_data_dicom(args) -> int:
+    from medseg_tf import settings
+    from medseg_tf.itk import dicom_to_nifti, read_dicom_series
+
+    out = dicom_to_nifti(args.dir, args.out, series_id=args.series, overwrite=args.overwrite)
+    vol = read_dicom_series(args.dir, args.series)
+    print(f"wrote {settings.display_path(out)}: shape {'x'.join(map(str, vol.shape))}, spacing "
+          f"{'x'.join(f'{s:.3g}' for s in vol.spacing)} mm, orientation {''.join(vol.orientation)}")
     return 0
 
 
@@ -334,9 +353,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="make, download and check data sets (MSD layout)")
     dsub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
-    p = dsub.add_parser("phantom", help="write the synthetic MRI-like phantom data set")
-    p.add_argument("--out", type=Path, required=True, help="output folder (MSD layout)")
-    p.add_argument("--cases", type=POSITIVE_INT, default=40, help="number of cases (default 40)")
+    p = dsub.add_parser("phantom", help="write a synthetic phantom data set (MRI, CT, brain tumour, fundus)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder (MSD layout; fundus: images/, manual/, mask/ PNG triples)")
+    p.add_argument("--kind", choices=("mri", "ct", "brain", "fundus"), default="mri",
+                   help="mri: hippocampus-like MRI (default); ct: abdominal CT in HU, organ + lesions; "
+                        "brain: 4-channel brain tumour MRI (MSD Task01 layout); fundus: retinal photographs "
+                        "with vessel masks")
+    p.add_argument("--cases", type=POSITIVE_INT, default=None,
+                   help="number of cases (default 40 for mri, 16 for ct and brain, 12 for fundus)")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="random seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing phantom folder")
     p.set_defaults(func=_cmd_data_phantom)
@@ -348,6 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--md5", help="expected MD5 of the archive (default: the published one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_data_download)
+
+    p = dsub.add_parser("dicom", help="convert a DICOM series folder to one NIfTI file (RAS affine)")
+    p.add_argument("dir", type=Path, help="folder holding the series' .dcm files")
+    p.add_argument("--out", type=Path, required=True, help="output .nii.gz")
+    p.add_argument("--series", help="SeriesInstanceUID, when the folder holds several series")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=_cmd_data_dicom)
 
     p = dsub.add_parser("check", help="validate an MSD folder and print a per-case table")
     p.add_argument("dir", type=Path, help="folder holding dataset.json")
