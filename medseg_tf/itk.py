@@ -144,7 +144,12 @@ def read_dicom_series(folder: str | os.PathLike, series_id: str | None = None) -
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(folder, "DICOM folder not found")
-    ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK prints its own warnings; we raise one line instead
+    try:
+        ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
     if not ids:
         raise DataError(folder, "no DICOM series found (no readable .dcm files)")
     if series_id is None:

@@ -116,3 +116,17 @@ def test_n4_removes_most_of_a_known_bias_field():
     assert before > 0.25 and after < 0.4 * before, (before, after)
     assert np.corrcoef(np.log(true_field[brain]), np.log(field[brain]))[0, 1] > 0.85
     np.testing.assert_allclose(corrected, t1 / field, rtol=1e-5)
+
+
+def test_cli_data_dicom(tmp_path, capsys):
+    from medseg_tf.cli import main
+
+    image = _oblique_series_image()
+    itk.write_dicom_series(image, tmp_path / "series")
+    assert main(["data", "dicom", str(tmp_path / "series"), "--out", str(tmp_path / "ct.nii.gz")]) == 0
+    assert "shape 10x12x7" in capsys.readouterr().out
+    assert main(["data", "dicom", str(tmp_path / "series"), "--out", str(tmp_path / "ct.nii.gz")]) == 1
+    itk.write_dicom_series(image, tmp_path / "series", series_number=2, prefix="b")
+    assert main(["data", "dicom", str(tmp_path / "series"), "--out", str(tmp_path / "b.nii.gz")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "holds 2 DICOM series" in err[1] and "Traceback" not in "".join(err)

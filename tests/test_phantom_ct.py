@@ -104,3 +104,15 @@ def test_ct_without_hounsfield_units_is_one_line():
         check_hounsfield(scaled, "ct_000.nii.gz")
     with pytest.raises(DataError, match="rescale"):
         check_hounsfield(image + 1024, "ct_000.nii.gz")
+
+
+def test_cli_data_phantom_kinds(tmp_path, capsys):
+    from medseg_tf.cli import main
+
+    assert main(["data", "phantom", "--kind", "ct", "--out", str(tmp_path / "ct"), "--cases", "1"]) == 0
+    assert MSDDataset(tmp_path / "ct").modality == {0: "CT"}
+    assert main(["data", "phantom", "--kind", "fundus", "--out", str(tmp_path / "f"), "--cases", "1"]) == 0
+    assert (tmp_path / "f" / "manual" / "fundus_000.png").is_file()
+    assert "1 fundus phantom cases" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["data", "phantom", "--kind", "xray", "--out", str(tmp_path / "x")])
