@@ -7,8 +7,8 @@ Everything here works on probability maps, whatever model made them:
   dropout (:func:`mutual_information`: the part of the entropy that comes from
   the passes disagreeing).
 * **A per-case uncertainty score** (:func:`case_uncertainty`): the expected
-  number of wrongly labelled voxels, under the model's own probabilities, per
-  predicted foreground voxel. It estimates how far Dice falls below 1 if the
+  number of wrongly labelled voxels near the predicted structure, under the
+  model's own probabilities, per predicted foreground voxel. It estimates how far Dice falls below 1 if the
   probabilities are calibrated.
 * **Calibration** over the voxels that matter (:func:`near_structure_mask`),
   :func:`reliability_curve`, :func:`expected_calibration_error` and
@@ -64,6 +64,8 @@ __all__ = [
     "fit_ood",
     "ood_score",
     "ood_components",
+    "corrupt_volume",
+    "CORRUPTIONS",
     "read_calibration",
     "write_calibration",
     "check_temperature",
@@ -153,31 +155,36 @@ def mutual_information(stacked: np.ndarray) -> np.ndarray:
     return np.maximum(predictive_entropy(s.mean(axis=0)) - mean_entropy, 0.0).astype(np.float32)
 
 
-def case_uncertainty(probs: np.ndarray) -> float:
-    """Expected mislabelled voxels per predicted foreground voxel: a per-case uncertainty score.
+def case_uncertainty(probs: np.ndarray, *, radius: int | None = 3) -> float:
+    """Expected mislabelled voxels near the structure per predicted foreground voxel: a per-case score.
 
-    ``U = sum_v (1 - max_c p_vc) / max(1, #{v: argmax_c p_vc != 0})``. The
-    numerator is the number of voxels whose argmax label is wrong, expected
-    under the model's own probabilities; dividing by the predicted structure's
-    size makes cases of different sizes comparable. For calibrated
-    probabilities and a Dice computed over all foreground classes,
-    ``Dice ~ 1 - U / 2`` roughly (each error costs about half a voxel of
-    Dice's mean size), so U should rise as Dice falls.
+    ``U = sum_{v in N} (1 - max_c p_vc) / max(1, #{v: argmax_c p_vc != 0})`` where ``N`` is the
+    neighbourhood of the predicted foreground (:func:`near_structure_mask` of the argmax with
+    ``radius``; the whole volume with ``radius=None``). The numerator is the number of voxels whose
+    argmax label is wrong, expected under the model's own probabilities; dividing by the predicted
+    structure's size makes cases of different sizes comparable. For calibrated probabilities
+    ``Dice ~ 1 - U / 2`` roughly (each error costs about half a voxel of Dice's mean size), so U
+    should rise as Dice falls. The neighbourhood keeps the far background out: after temperature
+    scaling its many voxels at 0.99 would add up to more than the boundary errors.
 
     Parameters
     ----------
     probs : np.ndarray
         ``(..., C)`` probabilities, class 0 = background.
+    radius : int or None
+        Neighbourhood of the predicted foreground in voxels (chessboard distance).
 
     Returns
     -------
     float
-        >= 0 (dimensionless).
+        >= 0 (dimensionless); 0 when nothing is predicted.
     """
     p = _as_classes(probs)
-    expected_errors = float(np.sum(1.0 - p.max(axis=-1)))
-    foreground = int(np.count_nonzero(p.argmax(axis=-1)))
-    return expected_errors / max(1, foreground)
+    labels = p.argmax(axis=-1)
+    errors = 1.0 - p.max(axis=-1)
+    if radius is not None:
+        errors = errors[near_structure_mask(labels, radius=radius)]
+    return float(np.sum(errors)) / max(1, int(np.count_nonzero(labels)))
 
 
 # --------------------------------------------------------------------------- calibration
@@ -501,6 +508,60 @@ def ood_components(stats: Mapping, ood: Mapping) -> dict[str, float]:
 def ood_score(stats: Mapping, ood: Mapping) -> float:
     """OOD score of one case: the largest robust z of its features (see :func:`fit_ood`)."""
     return max(ood_components(stats, ood).values())
+
+
+# --------------------------------------------------------------------------- deliberately wrong inputs
+#: Kinds of :func:`corrupt_volume`, with what each imitates.
+CORRUPTIONS = {
+    "flip_lr": "mirrored left-right (x): a hippocampus of the other side, not necessarily unusual",
+    "flip_ap": "mirrored anterior-posterior (y): a wrong orientation in the header",
+    "flip_si": "mirrored superior-inferior (z): upside down",
+    "noise": "Gaussian noise with half the image's standard deviation added",
+    "zoom": "anatomy twice as large in voxels (the spacing misread by a factor 2)",
+    "ct_like": "a CT-like volume (air -1000 HU, soft tissue ~40 HU, a bone shell ~1000 HU)",
+    "random": "uniform random intensities",
+}
+
+
+def corrupt_volume(data: np.ndarray, kind: str, *, seed: int = 0) -> np.ndarray:
+    """A deliberately wrong version of a RAS image (raw intensities), same shape, for OOD checks.
+
+    Parameters
+    ----------
+    data : np.ndarray
+        ``(X, Y, Z)`` image in RAS voxel order, before normalisation.
+    kind : str
+        One of :data:`CORRUPTIONS`.
+    seed : int
+        Seeds the random parts.
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``(X, Y, Z)``.
+    """
+    x = np.asarray(data, dtype=np.float32)
+    if x.ndim != 3:
+        raise ValueError(f"corrupt_volume takes an (X, Y, Z) image, got shape {x.shape}")
+    rng = np.random.default_rng(seed)
+    if kind in ("flip_lr", "flip_ap", "flip_si"):
+        return np.ascontiguousarray(np.flip(x, ("flip_lr", "flip_ap", "flip_si").index(kind)))
+    if kind == "noise":
+        return (x + rng.normal(scale=0.5 * float(x.std()), size=x.shape)).astype(np.float32)
+    if kind == "zoom":
+        big = ndimage.zoom(x, 2.0, order=1)
+        start = [(b - n) // 2 for b, n in zip(big.shape, x.shape)]
+        return np.ascontiguousarray(big[tuple(slice(s0, s0 + n) for s0, n in zip(start, x.shape))])
+    if kind == "ct_like":
+        grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in x.shape], indexing="ij"))
+        r = np.sqrt((grid ** 2).sum(axis=0))
+        out = np.full(x.shape, -1000.0, dtype=np.float32)
+        out[r < 0.95] = 1000.0
+        out[r < 0.85] = 40.0
+        return (out + rng.normal(scale=10.0, size=x.shape)).astype(np.float32)
+    if kind == "random":
+        return rng.uniform(float(x.min()), float(x.max()), size=x.shape).astype(np.float32)
+    raise ValueError(f"unknown corruption {kind!r}: expected one of {', '.join(CORRUPTIONS)}")
 
 
 # --------------------------------------------------------------------------- calibration.json

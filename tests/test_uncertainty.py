@@ -107,7 +107,9 @@ def test_case_uncertainty_tracks_errors():
     sure[2:5, 2:5] = [0, 1, 0]
     assert U.case_uncertainty(sure) == 0.0
     unsure = sure * 0.6 + 0.4 / 3
-    assert U.case_uncertainty(unsure) == pytest.approx(100 * 0.4 * 2 / 3 / 9)
+    assert U.case_uncertainty(unsure, radius=None) == pytest.approx(100 * 0.4 * 2 / 3 / 9)
+    # only the voxels within 1 of the predicted square count: a 5x5 block
+    assert U.case_uncertainty(unsure, radius=1) == pytest.approx(25 * 0.4 * 2 / 3 / 9)
 
 
 def ood_case(seed, shift=0.0, noise=0.0, blur=False):
@@ -146,3 +148,90 @@ def test_calibration_file_round_trip(tmp_path):
     (tmp_path / "calibration.json").write_text("{oops")
     with pytest.raises(DataError, match="not valid JSON"):
         U.read_calibration(tmp_path)
+
+
+def test_corrupt_volume_kinds():
+    x = np.random.default_rng(0).random((8, 10, 6)).astype(np.float32)
+    for kind in U.CORRUPTIONS:
+        y = U.corrupt_volume(x, kind)
+        assert y.shape == x.shape and y.dtype == np.float32 and not np.array_equal(y, x)
+    np.testing.assert_array_equal(U.corrupt_volume(x, "flip_ap"), x[:, ::-1])
+    with pytest.raises(ValueError, match="unknown corruption 'blur'"):
+        U.corrupt_volume(x, "blur")
+
+
+# --------------------------------------------------------------------------- predict CLI on a tiny model
+def _blob(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in (16, 16, 12)], indexing="ij"), axis=-1)
+    centre = np.array([8, 8, 6]) + rng.integers(-1, 2, size=3)
+    inside = (((grid - centre) / np.array([4, 3, 3])) ** 2).sum(-1) <= 1
+    return (100 + 80 * inside + rng.normal(scale=25, size=inside.shape)).astype(np.float32)
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    """A run folder whose model labels 1 where the z-scored intensity is > 0.5, calibrated on 4 blobs."""
+    import keras
+
+    from medseg_tf import io
+    from medseg_tf.inference import predict_probabilities
+
+    inputs = keras.Input((None, None, None, 1))
+    conv = keras.layers.Conv3D(2, 1, activation="softmax")
+    model = keras.Model(inputs, conv(inputs))
+    conv.set_weights([np.array([0.0, 6.0], np.float32).reshape(1, 1, 1, 1, 2), np.array([3.0, 0.0], np.float32)])
+    run = tmp_path / "run"
+    run.mkdir()
+    model.save(run / "model.keras")
+    (run / "config.json").write_text(json.dumps({"dims": 3, "depth": 1, "normalization": "zscore",
+                                                 "target_spacing": None}))
+    images = tmp_path / "images"
+    images.mkdir()
+    stats = []
+    for seed in range(4):
+        vol = io.Volume(_blob(seed), np.eye(4))
+        x, p, _ = predict_probabilities(model, vol, {"dims": 3, "depth": 1})
+        stats.append(U.case_statistics(x, U.apply_temperature(p, 1.5)))
+    U.write_calibration(run, {"temperature": 1.5, "fitted_on": ["blob0", "blob1", "blob2", "blob3"],
+                              "ood": U.fit_ood(stats)})
+    io.save_nifti(_blob(0), images / "blob0.nii.gz", affine=np.eye(4))
+    io.save_nifti(np.random.default_rng(9).uniform(0, 200, (16, 16, 12)).astype(np.float32),
+                  images / "noise.nii.gz", affine=np.eye(4))
+    return run, images
+
+
+def test_predict_temperature_round_trip_and_ood_warning(tiny_run, tmp_path, capsys):
+    from medseg_tf import cli, io
+
+    run, images = tiny_run
+    out = tmp_path / "pred"
+    assert cli.main(["predict", "--model", str(run), "--images", str(images), "--out", str(out),
+                     "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "temperature 1.5 (calibration.json)" in captured.out
+    warnings = [line for line in captured.err.splitlines() if "out-of-distribution" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: noise: out-of-distribution score")
+    labels = {p.name: io.load_nifti(p).data for p in sorted(out.iterdir())}
+
+    assert cli.main(["predict", "--model", str(run), "--images", str(images), "--out", str(out),
+                     "--no-progress", "--overwrite", "--temperature", "4"]) == 0
+    captured = capsys.readouterr()
+    assert "temperature 4 (--temperature)" in captured.out
+    for name, before in labels.items():                 # temperature never changes the labels
+        np.testing.assert_array_equal(io.load_nifti(out / name).data, before)
+
+    from medseg_tf.inference import predict_folder
+    t1 = predict_folder(run, images, tmp_path / "p1", temperature=1.0, progress=False)
+    t4 = predict_folder(run, images, tmp_path / "p4", temperature=4.0, progress=False)
+    assert (t4["uncertainty"] > t1["uncertainty"]).all()
+    assert list(t4["ood"]) == [False, True] and (t4["ood_score"] == t1["ood_score"]).all()
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["predict", "--model", str(run), "--images", str(images), "--out", str(out), "--temperature", "0"])
+    assert exc.value.code == 2 and "--temperature" in capsys.readouterr().err
+    (run / "calibration.json").write_text('{"temperature": "warm"}')
+    assert cli.main(["predict", "--model", str(run), "--images", str(images), "--out", str(out),
+                     "--overwrite", "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "calibration.json: 'temperature' must be" in err[0]
