@@ -47,23 +47,23 @@ epoch with the same result: ``keras.callbacks.BackupAndRestore`` restores the
 weights, optimizer state and epoch, the training data stream (deterministic
 for a given seed) skips the batches already used, ``history.csv`` is cut back
 to the restored epoch and the "best model" threshold is taken from it.
+
+The trainer's parts live in modules of their own: :mod:`medseg_tf.runspec` (the run spec, NumPy only),
+:mod:`medseg_tf.schedules` (learning-rate schedules, optimizers), :mod:`medseg_tf.runtime` (device,
+precision, strategy), :mod:`medseg_tf.runfolder` (the run folder, its lock, history and summary),
+:mod:`medseg_tf.callbacks` and :mod:`medseg_tf.distributed` (the multi-worker loop). This module holds
+the data, the model and :func:`train`; it re-exports the names above, so ``training.X`` keeps working.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import dataclasses
-import functools
-import inspect
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
@@ -71,9 +71,17 @@ import numpy as np
 import tensorflow as tf
 
 from medseg_tf import settings
-from medseg_tf.errors import ConfigError, DataError, OverwriteError, RunLockedError
+from medseg_tf.callbacks import (EpochLogger, TensorBoardScalars, ThrottledProgbar, _LearningRateLogger,
+                                 _resolve_verbose)
+from medseg_tf.distributed import fit_distributed
+from medseg_tf.errors import ConfigError, OverwriteError
 from medseg_tf.losses import dice_metrics, get_loss
-from medseg_tf.runspec import LOSS_NAMES, OPTIMIZER_NAMES, SCHEDULES, RunSpec, name_and_kwargs, round_up
+from medseg_tf.runfolder import (LOCK_FILE, RUN_DIRS, RUN_FILES, _backup_dir,  # noqa: F401 (re-exported)
+                                 _prepare_run_dir, _truncate_history, _write_summary, lock_run_dir, read_history,
+                                 resolve_run_dir)
+from medseg_tf.runspec import LOSS_NAMES, RunSpec, name_and_kwargs, round_up
+from medseg_tf.runtime import Runtime, _dtype_policy, describe_runtime, resolve_runtime
+from medseg_tf.schedules import OPTIMIZERS, SCHEDULES, PolyDecay, make_optimizer, make_schedule
 
 __all__ = [
     "TrainConfig",
@@ -99,233 +107,12 @@ __all__ = [
 ]
 
 
-#: Optimizer names known to :func:`make_optimizer` and their default keyword arguments
-#: (``sgd`` is nnU-Net's: Nesterov momentum 0.99).
-OPTIMIZERS: dict[str, tuple[type, dict]] = {
-    "adam": (keras.optimizers.Adam, {}),
-    "adamw": (keras.optimizers.AdamW, {"weight_decay": 1e-4}),
-    "sgd": (keras.optimizers.SGD, {"momentum": 0.99, "nesterov": True}),
-    "rmsprop": (keras.optimizers.RMSprop, {}),
-}
-
-#: Files and folders a run writes (the only things ``overwrite=True`` deletes).
-RUN_FILES = ("config.json", "split.json", "model.keras", "history.csv", "summary.json")
-RUN_DIRS = ("logs", "backup")
-#: The lock file a training run holds (see :func:`_lock_run_dir`); not part of a run's results.
-LOCK_FILE = ".lock"
-
 #: The spec of a training run: :class:`medseg_tf.runspec.RunSpec` (one schema for training and prediction).
 TrainConfig = RunSpec
 
 
 def _loss_name_kwargs(spec) -> tuple[str, dict]:
     return name_and_kwargs("loss", spec, LOSS_NAMES)
-
-
-def _optimizer_name_kwargs(spec) -> tuple[str, dict]:
-    return name_and_kwargs("optimizer", spec, OPTIMIZER_NAMES)
-
-
-# =========================================================================== schedules, optimizer
-
-
-@keras.saving.register_keras_serializable(package="medseg_tf")
-class PolyDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """nnU-Net's polynomial decay, constant within an epoch.
-
-    ``lr(step) = initial_learning_rate * (1 - epoch / epochs) ** power`` with
-    ``epoch = floor(step / steps_per_epoch)`` (0-based), so the last epoch
-    still trains with ``initial * (1 / epochs) ** power > 0``.
-
-    Parameters
-    ----------
-    initial_learning_rate : float
-    epochs : int
-    steps_per_epoch : int
-    power : float
-        0.9 in nnU-Net.
-    """
-
-    def __init__(self, initial_learning_rate: float, epochs: int, steps_per_epoch: int,
-                 power: float = 0.9):
-        self.initial_learning_rate = float(initial_learning_rate)
-        self.epochs = int(epochs)
-        self.steps_per_epoch = int(steps_per_epoch)
-        self.power = float(power)
-
-    def __call__(self, step):
-        step = keras.ops.cast(step, "float32")
-        epoch = keras.ops.floor(step / float(self.steps_per_epoch))
-        remaining = keras.ops.clip(1.0 - epoch / float(self.epochs), 0.0, 1.0)
-        return self.initial_learning_rate * remaining ** self.power
-
-    def get_config(self) -> dict:
-        return {"initial_learning_rate": self.initial_learning_rate, "epochs": self.epochs,
-                "steps_per_epoch": self.steps_per_epoch, "power": self.power}
-
-
-def make_schedule(name: str, learning_rate: float, *, epochs: int, steps_per_epoch: int):
-    """The learning rate (a float or a ``LearningRateSchedule`` of the optimizer step).
-
-    Parameters
-    ----------
-    name : {"constant", "cosine", "poly"}
-        ``cosine``: :class:`keras.optimizers.schedules.CosineDecay` from
-        ``learning_rate`` to 0 over ``epochs * steps_per_epoch`` steps;
-        ``poly``: :class:`PolyDecay` (nnU-Net).
-    learning_rate : float
-    epochs, steps_per_epoch : int
-    """
-    if name == "constant":
-        return float(learning_rate)
-    if name == "cosine":
-        return keras.optimizers.schedules.CosineDecay(float(learning_rate),
-                                                      decay_steps=int(epochs) * int(steps_per_epoch))
-    if name == "poly":
-        return PolyDecay(learning_rate, epochs, steps_per_epoch)
-    raise ValueError(f"unknown schedule {name!r}; expected one of {', '.join(SCHEDULES)}")
-
-
-def make_optimizer(spec: str | Mapping, learning_rate) -> keras.optimizers.Optimizer:
-    """Build an optimizer from a name or ``{"name": ..., **kwargs}`` (see :data:`OPTIMIZERS`).
-
-    Create it inside ``strategy.scope()`` when a distribution strategy is used.
-    """
-    name, kwargs = _optimizer_name_kwargs(spec)
-    cls, defaults = OPTIMIZERS[name]
-    try:
-        return cls(learning_rate=learning_rate, **{**defaults, **kwargs})
-    except TypeError as err:
-        raise ConfigError("optimizer", f"{name!r}: {err}") from None
-
-
-# =========================================================================== runtime
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how training runs (see :func:`resolve_runtime`).
-
-    Attributes
-    ----------
-    device : str
-        ``"GPU"`` or ``"CPU"``.
-    n_gpus : int
-        GPUs visible to TensorFlow.
-    mixed_precision : bool
-        ``mixed_float16`` policy (float16 compute, float32 weights, loss scaling).
-    jit_compile : bool
-        XLA compilation of the train/validation steps.
-    strategy : tf.distribute.Strategy
-    strategy_name : str
-        ``"default"``, ``"mirrored"`` or ``"multi_worker"``.
-    """
-
-    device: str
-    n_gpus: int
-    mixed_precision: bool
-    jit_compile: bool
-    strategy: object
-    strategy_name: str
-
-    @property
-    def num_replicas(self) -> int:
-        """Replicas that each take ``batch_size`` samples per step."""
-        return int(self.strategy.num_replicas_in_sync)
-
-    @property
-    def is_chief(self) -> bool:
-        """True in single-process runs and on the chief (or worker 0) of a multi-worker run."""
-        if self.strategy_name != "multi_worker":
-            return True
-        task_type, task_id = _task()
-        return task_type in (None, "chief") or (task_type == "worker" and task_id == 0
-                                                and not _has_chief())
-
-    def describe(self) -> str:
-        """One line: device, precision, compilation, strategy."""
-        if self.device == "GPU":
-            device = f"GPU x{self.n_gpus}"
-        else:
-            device = f"CPU ({os.cpu_count()} cores, no GPU)"
-        precision = "mixed_float16" if self.mixed_precision else "float32"
-        xla = "on" if self.jit_compile else "off"
-        strategy = f"{self.strategy_name} ({self.num_replicas} replica{'s' * (self.num_replicas > 1)})"
-        if self.strategy_name == "multi_worker":
-            task_type, task_id = _task()
-            strategy += f", task {task_type}:{task_id}"
-        return f"device: {device} | precision: {precision} | XLA: {xla} | strategy: {strategy}"
-
-
-def _tf_config() -> dict:
-    raw = os.environ.get("TF_CONFIG", "").strip()
-    if not raw:
-        return {}
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"TF_CONFIG is not valid JSON: {err}") from None
-    return value if isinstance(value, dict) else {}
-
-
-def _task() -> tuple[str | None, int]:
-    task = _tf_config().get("task", {})
-    return task.get("type"), int(task.get("index", 0))
-
-
-def _has_chief() -> bool:
-    return bool(_tf_config().get("cluster", {}).get("chief"))
-
-
-@functools.lru_cache(maxsize=1)
-def _multi_worker_strategy():
-    # One per process: TensorFlow allows a single collective setup, created before other ops.
-    return tf.distribute.MultiWorkerMirroredStrategy()
-
-
-def _select_strategy(n_gpus: int) -> tuple[object, str]:
-    cluster = _tf_config().get("cluster", {})
-    if sum(len(v) for v in cluster.values() if isinstance(v, list)) > 1:
-        return _multi_worker_strategy(), "multi_worker"
-    if n_gpus > 1:
-        return tf.distribute.MirroredStrategy(), "mirrored"
-    return tf.distribute.get_strategy(), "default"
-
-
-def resolve_runtime(config: TrainConfig | None = None) -> Runtime:
-    """Decide device, precision, XLA and strategy for ``config`` (defaults: ``"auto"``).
-
-    ``TF_CONFIG`` naming more than one task gives ``MultiWorkerMirroredStrategy``
-    (create it before any other TensorFlow op: call this first in the worker
-    script); several visible GPUs give ``MirroredStrategy``; otherwise the
-    default (single-device) strategy. ``"auto"`` precision / XLA: on with a GPU,
-    off on a CPU.
-    """
-    config = config or TrainConfig()
-    n_gpus = len(tf.config.list_physical_devices("GPU"))
-    strategy, strategy_name = _select_strategy(n_gpus)
-    on_gpu = n_gpus > 0
-    mixed = on_gpu if config.mixed_precision == "auto" else bool(config.mixed_precision)
-    jit = on_gpu if config.jit_compile == "auto" else bool(config.jit_compile)
-    return Runtime(device="GPU" if on_gpu else "CPU", n_gpus=n_gpus, mixed_precision=mixed,
-                   jit_compile=jit, strategy=strategy, strategy_name=strategy_name)
-
-
-def describe_runtime(config: TrainConfig | None = None) -> str:
-    """One printable line: which device, precision, compilation and strategy are in use."""
-    return resolve_runtime(config).describe()
-
-
-@contextlib.contextmanager
-def _dtype_policy(mixed: bool):
-    """Build layers under ``mixed_float16`` (if ``mixed``), restoring the previous global policy."""
-    previous = keras.config.dtype_policy()
-    if mixed:
-        keras.config.set_dtype_policy("mixed_float16")
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 # =========================================================================== data
@@ -463,370 +250,6 @@ def build_model(config: TrainConfig, num_classes: int, class_names: Sequence[str
     return model
 
 
-# =========================================================================== run folder
-
-
-def resolve_run_dir(config: TrainConfig) -> Path:
-    """The run folder of ``config`` (see :attr:`TrainConfig.out_dir`)."""
-    if config.out_dir is None:
-        data = config.data if config.data in settings.DATASETS else Path(config.data).name
-        return settings.runs_dir() / f"{data}_{config.dims}d"
-    path = Path(config.out_dir).expanduser()
-    return path if path.is_absolute() else settings.runs_dir() / path
-
-
-def _clean_run_dir(run_dir: Path) -> None:
-    """Delete what a run writes (and nothing else)."""
-    for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-    for name in RUN_DIRS:
-        shutil.rmtree(run_dir / name, ignore_errors=True)
-
-
-def _backup_dir(run_dir: Path, runtime: Runtime) -> Path:
-    if runtime.strategy_name != "multi_worker":
-        return run_dir / "backup"
-    task_type, task_id = _task()
-    return run_dir / "backup" / f"{task_type}_{task_id}"
-
-
-def _restored_epoch(backup_dir: Path) -> int:
-    """Epoch BackupAndRestore will resume from (0 if there is no usable backup)."""
-    for name in ("training_metadata.json", "training_metadata.json.bkp"):
-        path = backup_dir / name
-        if path.is_file() and (backup_dir / "latest.weights.h5").is_file():
-            try:
-                return int(json.loads(path.read_text())["epoch"])
-            except (ValueError, KeyError, TypeError):
-                continue
-    return 0
-
-
-def _prepare_run_dir(run_dir: Path, config: TrainConfig, *, overwrite: bool, resume: bool,
-                     runtime: Runtime) -> int:
-    """Check/clean the run folder; return the epoch training starts from."""
-    backup = _backup_dir(run_dir, runtime)
-    if not runtime.is_chief:  # the chief owns the folder; workers only read their backup
-        return _restored_epoch(backup) if resume else 0
-    if not run_dir.exists() or not any(p.name != LOCK_FILE for p in run_dir.iterdir()):
-        return 0
-    if (run_dir / "summary.json").is_file():
-        if not overwrite:
-            raise OverwriteError(f"{run_dir}: holds a complete training run; pass overwrite=True "
-                                 "(or choose another out_dir) to replace it")
-        _clean_run_dir(run_dir)
-        return 0
-    saved_path = run_dir / "config.json"
-    if not saved_path.is_file():
-        if not overwrite:
-            raise OverwriteError(f"{run_dir}: folder is not empty and holds no run (no config.json); "
-                                 "choose another out_dir or pass overwrite=True")
-        _clean_run_dir(run_dir)
-        return 0
-    try:
-        same = TrainConfig.from_json(saved_path).to_dict() == config.to_dict()
-    except DataError:
-        same = False
-    if resume and same:
-        epoch = _restored_epoch(backup)
-        if epoch == 0:
-            _clean_run_dir(run_dir)
-        return epoch
-    if not overwrite:
-        why = "with a different config" if not same else "and resume=False"
-        raise OverwriteError(f"{run_dir}: holds an interrupted run {why}; pass overwrite=True to "
-                             "start over" + (" or resume=True to continue it" if same else ""))
-    _clean_run_dir(run_dir)
-    return 0
-
-
-def read_history(path: str | os.PathLike) -> list[dict]:
-    """Rows of a ``history.csv`` as dicts of floats (``epoch`` as int)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    out = []
-    for row in rows:
-        parsed = {}
-        for k, v in row.items():
-            try:
-                parsed[k] = int(v) if k == "epoch" else float(v)
-            except (TypeError, ValueError):
-                parsed[k] = v
-        out.append(parsed)
-    return out
-
-
-def _truncate_history(path: Path, epochs_done: int) -> list[dict]:
-    """Keep the rows of epochs ``< epochs_done`` (rows written after the last backup go)."""
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        fieldnames = reader.fieldnames
-        rows = [r for r in reader if int(float(r["epoch"])) < epochs_done]
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fieldnames)
-        writer.writeheader()
-        writer.writerows(rows)
-    return read_history(path)
-
-
-# =========================================================================== callbacks
-
-
-class _LearningRateLogger(keras.callbacks.Callback):
-    """Adds ``learning_rate`` (the rate used during the epoch's first step) to the logs."""
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["learning_rate"] = self._lr
-
-
-class EpochLogger(keras.callbacks.Callback):
-    """Prints one line per epoch: time, training throughput and the logs.
-
-    Example: ``epoch 3/20  12.4 s (train 10.9 s, 117 samples/s)  loss 0.4123
-    val_loss 0.3711  val_dice_mean 0.8123``.
-
-    Parameters
-    ----------
-    epochs : int
-    samples_per_step : int
-        Global batch size.
-    steps_per_epoch : int
-    stream : file-like
-        Default ``sys.stdout``.
-    """
-
-    def __init__(self, epochs: int, samples_per_step: int, steps_per_epoch: int, stream=None):
-        super().__init__()
-        self.epochs, self.samples_per_step, self.steps_per_epoch = epochs, samples_per_step, steps_per_epoch
-        self.stream = stream
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-        self._test_start = None
-
-    def on_test_begin(self, logs=None):
-        self._test_start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        end = time.perf_counter()
-        train_s = (self._test_start or end) - self._start
-        rate = self.samples_per_step * self.steps_per_epoch / max(train_s, 1e-9)
-        shown = [(k, v) for k, v in (logs or {}).items()
-                 if k == "loss" or k.startswith("val_") or k == "learning_rate"]
-        values = "  ".join(f"{k} {float(v):.4g}" if k == "learning_rate" else f"{k} {float(v):.4f}"
-                           for k, v in shown)
-        print(f"epoch {epoch + 1}/{self.epochs}  {end - self._start:.1f} s (train {train_s:.1f} s, "
-              f"{rate:.3g} samples/s)  {values}", file=self.stream or sys.stdout, flush=True)
-
-
-class TensorBoardScalars(keras.callbacks.Callback):
-    """Epoch logs as TensorBoard scalars (``<log_dir>/train`` and ``<log_dir>/validation``).
-
-    Written with ``tf.summary.write`` and scalar metadata, so it needs only
-    TensorFlow (Keras' ``TensorBoard`` callback needs the ``tensorboard``
-    package to write scalars). Tags follow Keras: ``epoch_loss``,
-    ``epoch_dice_mean`` ... ``val_*`` logs go to the ``validation`` writer.
-    """
-
-    def __init__(self, log_dir: str | os.PathLike):
-        super().__init__()
-        self.log_dir = Path(log_dir)
-        self._writers: dict = {}
-
-    def _writer(self, kind: str):
-        if kind not in self._writers:
-            self._writers[kind] = tf.summary.create_file_writer(str(self.log_dir / kind))
-        return self._writers[kind]
-
-    def on_epoch_end(self, epoch, logs=None):
-        from tensorflow.core.framework import summary_pb2
-
-        metadata = summary_pb2.SummaryMetadata(
-            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
-            data_class=summary_pb2.DATA_CLASS_SCALAR)
-        for key, value in (logs or {}).items():
-            kind, tag = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
-            writer = self._writer(kind)
-            with writer.as_default():
-                tf.summary.write(f"epoch_{tag}", tf.constant(float(value), tf.float32), step=epoch,
-                                 metadata=metadata)
-        for writer in self._writers.values():
-            writer.flush()
-
-    def on_train_end(self, logs=None):
-        for writer in self._writers.values():
-            writer.close()
-        self._writers = {}
-
-
-class ThrottledProgbar(keras.callbacks.ProgbarLogger):
-    """Keras' progress bar, redrawn at most every ``interval`` seconds.
-
-    In a notebook every redraw is kept in the saved output (nbclient does not
-    collapse carriage returns), so Keras' default of one redraw per 0.05 s
-    would add hundreds of kB per training run; every few seconds is plenty.
-    """
-
-    def __init__(self, interval: float = 5.0):
-        super().__init__()
-        self.interval = float(interval)
-
-    def _maybe_init_progbar(self):
-        if self.progbar is None:
-            self.progbar = keras.utils.Progbar(target=self.target, verbose=self.verbose, unit_name="step",
-                                               interval=self.interval)
-
-
-def _resolve_verbose(verbose) -> int:
-    """0 silent, 1 Keras progress bar, 2 one line per epoch; "auto": 1 in notebooks, else 2."""
-    if verbose == "auto":
-        return 1 if "ipykernel" in sys.modules else 2
-    if verbose not in (0, 1, 2) or isinstance(verbose, bool):
-        raise ValueError(f"verbose must be 'auto', 0, 1 or 2, got {verbose!r}")
-    return int(verbose)
-
-
-# =========================================================================== custom distributed loop
-
-
-def fit_distributed(model: keras.Model, train_ds: tf.data.Dataset, *, strategy, epochs: int,
-                    steps_per_epoch: int, global_batch_size: int,
-                    validation_data: tf.data.Dataset | None = None, initial_epoch: int = 0,
-                    callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int = 0) -> dict:
-    """Train a compiled model with a custom step (for ``MultiWorkerMirroredStrategy``).
-
-    Each replica computes the compiled loss on its share of the global batch;
-    the loss is scaled by ``local batch / global batch``
-    (``tf.nn.compute_average_loss``) so that the gradients, summed over all
-    replicas by ``optimizer.apply_gradients``, are those of the global batch.
-    Validation runs on every worker on the whole (non-distributed)
-    ``validation_data`` with fresh copies of the compiled metrics (e.g. the
-    :class:`~medseg_tf.losses.DiceScore` ones), so all workers log the same
-    numbers. Non-trainable variables (BatchNorm moving statistics), which each
-    replica updates from its own share of the batch, are averaged over the
-    replicas at the end of every epoch.
-    Callbacks get the usual ``on_train_begin``, ``on_epoch_begin/end``,
-    ``on_train_batch_end``, ``on_test_begin/end`` and ``on_train_end`` calls.
-
-    Parameters
-    ----------
-    model : keras.Model
-        Built and compiled inside ``strategy.scope()``.
-    train_ds : tf.data.Dataset
-        Endless, batched by ``global_batch_size``.
-    strategy : tf.distribute.Strategy
-    epochs, steps_per_epoch, global_batch_size, initial_epoch : int
-    validation_data : tf.data.Dataset, optional
-    callbacks : sequence of keras.callbacks.Callback
-    verbose : int
-        Passed to the callback list (1 adds a Keras progress bar).
-
-    Returns
-    -------
-    dict
-        The logs of each epoch: ``{"loss": [...], "val_loss": [...], ...}``.
-    """
-    loss_fn = model.loss
-    optimizer = model.optimizer
-    callback_list = keras.callbacks.CallbackList(list(callbacks), add_history=True,
-                                                 add_progbar=verbose == 1, model=model,
-                                                 verbose=verbose, epochs=epochs, steps=steps_per_epoch)
-
-    def replica_step(x, y):
-        with tf.GradientTape() as tape:
-            y_pred = model(x, training=True)
-            loss = loss_fn(y, y_pred)
-            if model.losses:
-                loss = loss + tf.add_n(model.losses)
-            # the losses are batch means; give each local sample that value, then average
-            # over the *global* batch: the replicas' gradients sum to the global-batch gradient
-            per_sample = loss * tf.ones([tf.shape(x)[0]], dtype=loss.dtype)
-            scaled = tf.nn.compute_average_loss(per_sample, global_batch_size=global_batch_size)
-            scaled_for_grad = optimizer.scale_loss(scaled)
-        grads = tape.gradient(scaled_for_grad, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return scaled
-
-    @tf.function
-    def train_step(iterator):
-        per_replica = strategy.run(replica_step, args=next(iterator))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-
-    # Non-trainable state (BatchNorm moving statistics) is updated by each replica from its own
-    # share of the batch, so the copies drift apart; average them at the end of each epoch.
-    # Moving averages are linear, so this equals averaging after every step.
-    synced = [v for v in model.non_trainable_variables if "float" in str(v.dtype)]
-
-    @tf.function
-    def sync_non_trainable():
-        def replica_fn():
-            context = tf.distribute.get_replica_context()
-            means = context.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in synced])
-            for variable, mean in zip(synced, means):
-                variable.assign(mean)
-
-        strategy.run(replica_fn)
-
-    # validation outside the strategy: plain variables, the same on every worker
-    compiled = (model.get_compile_config() or {}).get("metrics") or []
-    if not isinstance(compiled, list):
-        raise ValueError("fit_distributed supports a flat list of compiled metrics only")
-    val_metrics = [keras.metrics.deserialize(m) for m in compiled]
-
-    @tf.function
-    def val_step(x, y):
-        y_pred = model(x, training=False)
-        for metric in val_metrics:
-            metric.update_state(y, y_pred)
-        return loss_fn(y, y_pred), tf.shape(x)[0]
-
-    iterator = iter(strategy.experimental_distribute_dataset(train_ds))
-    model.stop_training = False
-    with strategy.scope():  # BackupAndRestore may restore optimizer variables: create them in scope
-        if not optimizer.built:
-            optimizer.build(model.trainable_variables)
-        callback_list.on_train_begin()
-    epoch_logs: dict = {}
-    for epoch in range(initial_epoch, epochs):
-        callback_list.on_epoch_begin(epoch)
-        total = 0.0
-        for step in range(steps_per_epoch):
-            callback_list.on_train_batch_begin(step)
-            loss = float(train_step(iterator))
-            total += loss
-            callback_list.on_train_batch_end(step, {"loss": loss})
-        if synced:
-            sync_non_trainable()
-        epoch_logs = {"loss": total / steps_per_epoch}
-        if validation_data is not None:
-            callback_list.on_test_begin()
-            for metric in val_metrics:
-                metric.reset_state()
-            loss_sum, count = 0.0, 0
-            for x, y in validation_data:
-                loss, n = val_step(x, y)
-                loss_sum += float(loss) * int(n)
-                count += int(n)
-            val_logs = {"loss": loss_sum / max(count, 1)}
-            val_logs.update({m.name: float(m.result()) for m in val_metrics})
-            callback_list.on_test_end(val_logs)
-            epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
-        callback_list.on_epoch_end(epoch, epoch_logs)
-        if model.stop_training:
-            break
-    callback_list.on_train_end(epoch_logs)
-    return model.history.history if model.history is not None else {}
-
-
 # =========================================================================== train
 
 
@@ -877,33 +300,11 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, overwrite: bool 
     val_volumes = load_volumes(dataset, val_ids, target_spacing=config.target_spacing,
                                normalization=config.normalization)
 
-    lock = _lock_run_dir(run_dir) if runtime.is_chief else contextlib.nullcontext()
+    lock = lock_run_dir(run_dir) if runtime.is_chief else contextlib.nullcontext()
     with lock:
         return _train_locked(config, runtime, run_dir, dataset, (train_ids, train_volumes),
                              (val_ids, val_volumes), overwrite=overwrite, resume=resume, verbose=verbose,
                              callbacks=callbacks)
-
-
-@contextlib.contextmanager
-def _lock_run_dir(run_dir: Path):
-    """Hold an exclusive lock on ``run_dir/.lock`` while training writes the folder.
-
-    A second writer gets :class:`RunLockedError` at once. The lock is the operating system's
-    (``fcntl.flock``), so a killed run releases it; the empty ``.lock`` file stays and is ignored.
-    """
-    import fcntl
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(run_dir / LOCK_FILE, "a")
-    try:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunLockedError(f"{run_dir}: another training run is writing to this folder; wait for it "
-                                 "to finish or choose another out_dir (--out)") from None
-        yield
-    finally:
-        handle.close()
 
 
 def _train_locked(config: TrainConfig, runtime: Runtime, run_dir: Path, dataset, train_part, val_part, *,
@@ -971,21 +372,3 @@ def _train_locked(config: TrainConfig, runtime: Runtime, run_dir: Path, dataset,
             print(f"best val_dice_mean {summary['best_val_dice_mean']:.4f} at epoch "
                   f"{summary['best_epoch']}; run folder {run_dir}", flush=True)
     return run_dir
-
-
-def _write_summary(run_dir: Path, runtime: Runtime, seconds: float, *, resumed_from: int) -> None:
-    rows = read_history(run_dir / "history.csv")
-    scored = [r for r in rows if isinstance(r.get("val_dice_mean"), float)]
-    best = max(scored, key=lambda r: r["val_dice_mean"]) if scored else {}
-    summary = {
-        "epochs": len(rows),
-        "best_epoch": int(best.get("epoch", -1)) + 1,
-        "best_val_dice_mean": best.get("val_dice_mean", float("nan")),
-        "best_val_dice": {k[len("val_dice_"):]: v for k, v in best.items()
-                          if k.startswith("val_dice_") and k != "val_dice_mean"},
-        "final_val_dice_mean": scored[-1]["val_dice_mean"] if scored else float("nan"),
-        "seconds_this_session": round(seconds, 1),
-        "resumed_from_epoch": resumed_from,
-        "runtime": runtime.describe(),
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -86,7 +86,7 @@ def test_train_on_bad_data_leaves_no_folder(capsys, tmp_path, phantom_root):
 
 
 def test_second_writer_of_a_run_folder_is_refused(capsys, tmp_path, phantom_root):
-    from medseg_tf.training import _lock_run_dir
+    from medseg_tf.runfolder import lock_run_dir as _lock_run_dir
 
     out = tmp_path / "run"
     with _lock_run_dir(out):  # another training run holds the folder
