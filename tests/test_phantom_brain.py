@@ -82,3 +82,49 @@ def test_4d_image_with_wrong_channel_count_is_one_line(tmp_path):
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., :3], img.affine), path)  # drop T2w
     with pytest.raises(DataError, match=r"brain_000.nii.gz: has 3 channel\(s\).*declares 4 modalities"):
         MSDDataset(root).load_case(0)
+
+
+@pytest.mark.parametrize("task,kind", [("Task01_BrainTumour", "brain"), ("Task03_Liver", "ct")])
+def test_msd_task_archive_served_locally_downloads_and_reads(task, kind, tmp_path, monkeypatch):
+    """Task01 (4D, 4 modalities) and Task03 (CT in HU) through the downloader, from a local HTTP server."""
+    import functools
+    import hashlib
+    import http.server
+    import tarfile
+    import threading
+
+    from medseg_tf import download
+    from medseg_tf.phantom_ct import write_ct_dataset
+    from medseg_tf.preprocessing import check_hounsfield
+
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    assert task in download.MSD_TASKS and len(download.MSD_TASKS[task]["md5"]) == 32
+    for name in ("Task09_Spleen", "Task10_Colon"):
+        assert len(download.MSD_TASKS[name]["md5"]) == 32
+    src = tmp_path / "src" / task
+    (write_brain_dataset if kind == "brain" else write_ct_dataset)(src, n_cases=1)
+    served = tmp_path / "served"
+    served.mkdir()
+    with tarfile.open(served / f"{task}.tar", "w") as tf:
+        tf.add(src, arcname=task)
+    md5 = hashlib.md5((served / f"{task}.tar").read_bytes()).hexdigest()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/{task}.tar"
+        root = download.download_task(task[:6], tmp_path / "data", url=url, md5=md5, progress=False)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert root == tmp_path / "data" / task
+    ds = MSDDataset(root)
+    image, label, spacing = ds.load_channels(0)
+    if kind == "brain":
+        assert image.shape == (*BRAIN_SHAPE, 4) and ds.modality == BRAIN_MODALITIES
+    else:
+        assert image.shape[3] == 1 and spacing[2] > spacing[0]
+        check_hounsfield(image, ds.cases[0].image_path)
