@@ -428,13 +428,31 @@ def _extract_zip(archive: Path, tmp: Path) -> None:
             zf.extract(info, root)
 
 
+def _remove_stale_extractions(parent: Path, prefix: str) -> None:
+    """Delete hidden extraction folders left by a process that was killed while extracting.
+
+    Each is named ``.<prefix>.extracting-<pid>-<random>``; one whose process no longer runs is litter.
+    """
+    for path in parent.glob(f".{prefix}.extracting-*"):
+        pid_text = path.name[len(f".{prefix}.extracting-"):].split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:  # a live process of another user
+            continue
+
+
 def _extract_to_temp(archive: Path, parent: Path, prefix: str) -> Path:
     """Extract ``archive`` into a new hidden folder in ``parent``; remove it on any failure."""
     archive = Path(archive)
     if not archive.is_file():
         raise DownloadError(f"{archive}: archive not found")
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{prefix}.extracting-", dir=parent))
+    _remove_stale_extractions(parent, prefix)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{prefix}.extracting-{os.getpid()}-", dir=parent))
     try:
         if tarfile.is_tarfile(archive):
             _extract_tar(archive, tmp)

@@ -242,3 +242,24 @@ def test_unexpected_errors_are_one_line_without_traceback(capsys, monkeypatch, t
     code, err = run(capsys, "data", "check", tmp_path)
     assert code == 1
     one_line(err, "RuntimeError: something unexpected over two lines", "MEDSEG_DEBUG=1")
+
+
+def test_extraction_killed_midway_leaves_no_litter_after_the_next_run(tmp_path):
+    import io as _io
+    import subprocess
+    import sys
+    import tarfile
+
+    from medseg_tf.download import _extract_to_temp
+
+    archive = tmp_path / "a.tar"
+    with tarfile.open(archive, "w") as tar:
+        data = b"x" * 10
+        info = tarfile.TarInfo("Task/file.txt")
+        info.size = len(data)
+        tar.addfile(info, _io.BytesIO(data))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / "out" / f".a.tar.extracting-{int(dead.stdout)}-abc"  # a killed run's folder
+    stale.mkdir(parents=True)
+    tmp = _extract_to_temp(archive, tmp_path / "out", prefix="a.tar")
+    assert not stale.exists() and (tmp / "Task" / "file.txt").read_bytes() == data
