@@ -122,7 +122,15 @@ class OnnxModel:
             raise DataError(self.path, f"input shape {tuple(want)} does not fit a batch of shape {x.shape} "
                                        "(spatial sizes or channels differ); export the model with free spatial "
                                        "sizes, or predict volumes that fit")
-        y = self.session.run(None, {self.input_name: x})[0]
+        batch = want[0]
+        if batch is None or batch == x.shape[0]:
+            y = self.session.run(None, {self.input_name: x})[0]
+        elif x.shape[0] % batch == 0:  # a model exported with a fixed batch size: run in chunks of it
+            y = np.concatenate([self.session.run(None, {self.input_name: x[s:s + batch]})[0]
+                                for s in range(0, x.shape[0], batch)])
+        else:
+            raise DataError(self.path, f"input shape {tuple(want)} has a fixed batch of {batch}, which does not "
+                                       f"divide a batch of {x.shape[0]}; predict with --batch-size {batch}")
         if bool(self.config.get("from_logits", False)):
             y = probabilities_from_logits(y)
         return np.asarray(y, dtype=np.float32)

@@ -50,9 +50,27 @@ def _run_folder(path: Path, dims: int, *, fixed=None, context: int = 0) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny3d(tmp_path_factory):
+    """A tiny 3D run folder and its ONNX export, written by `python -m medseg_tf export`."""
     run = _run_folder(tmp_path_factory.mktemp("tiny3d") / "run", 3)
-    onnx_path = export.export_model(run, "onnx", run.parent / "model.onnx")
+    onnx_path = run.parent / "model.onnx"
+    assert main(["export", "--model", str(run), "--format", "onnx", "--out", str(onnx_path)]) == 0
     return run, onnx_path
+
+
+def _fixed_shape_onnx(path: Path, shape=(1, 8, 8, 8, 1)) -> Path:
+    """An ONNX model with a fixed input shape (identity to 1 channel + zeros to 3 classes), with a 3D config."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, list(shape))
+    y = helper.make_tensor_value_info("probs", TensorProto.FLOAT, [*shape[:-1], 3])
+    pads = helper.make_node("Concat", ["image", "image", "image"], ["probs"], axis=-1)
+    model = helper.make_model(helper.make_graph([pads], "fixed", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "medseg_config", json.dumps({"dims": 3, "model": {"depth": 2}})
+    onnx.save(model, str(path))
+    return path
 
 
 def _images(root: Path, n: int):
@@ -97,9 +115,8 @@ def test_saved_model_and_compare_exports(tiny3d, phantom_root, tmp_path):
     saved = export.export_model(run, "saved_model", tmp_path / "sm")
     assert (saved / "saved_model.pb").is_file() and json.loads((saved / "config.json").read_text())["dims"] == 3
     images, labels = _images(phantom_root, 1)
-    table = export.compare_exports({"keras": run, "onnx": onnx_path, "saved_model": saved}, images, labels,
-                                   progress=False)
-    assert list(table["format"]) == ["keras", "onnx", "saved_model"]
+    table = export.compare_exports({"keras": run, "saved_model": saved}, images, labels, progress=False)
+    assert list(table["format"]) == ["keras", "saved_model"]
     assert (table["agreement"] >= 0.999).all()
     assert (table["size_mb"] > 0).all() and (table["ms_per_volume"] > 0).all()
     assert {"dice_1", "dice_2"} <= set(table.columns)
@@ -155,13 +172,12 @@ def test_export_refusals(tiny3d, tmp_path):
 def test_cli_export_one_line_errors_and_no_overwrite(tiny3d, tmp_path, capsys):
     run, _ = tiny3d
     out = tmp_path / "m.onnx"
-    assert main(["export", "--model", str(run), "--format", "onnx", "--out", str(out)]) == 0
-    assert "wrote" in capsys.readouterr().out
+    out.write_bytes(b"the user's file")
     before = out.stat().st_mtime_ns
     assert main(["export", "--model", str(run), "--format", "onnx", "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "already exists" in err and "--overwrite" in err
-    assert out.stat().st_mtime_ns == before
+    assert out.stat().st_mtime_ns == before and out.read_bytes() == b"the user's file"
     assert main(["export", "--model", str(run), "--format", "litert", "--out", str(tmp_path / "x.tflite")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(run) in err and "LiteRT" in err
@@ -172,7 +188,7 @@ def test_cli_export_one_line_errors_and_no_overwrite(tiny3d, tmp_path, capsys):
     assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
-def test_onnx_bad_inputs(tmp_path, phantom_root):
+def test_onnx_bad_inputs(tmp_path, phantom_root, capsys):
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"\x00garbage")
     with pytest.raises(DataError, match="not a readable ONNX model"):
@@ -180,8 +196,7 @@ def test_onnx_bad_inputs(tmp_path, phantom_root):
     with pytest.raises(DataError, match="not found"):
         OnnxModel(tmp_path / "missing.onnx")
     # a model exported with a fixed input shape that does not fit the volume
-    run = _run_folder(tmp_path / "fixed", 3, fixed=(8, 8, 8))
-    fixed = export.export_model(run, "onnx", tmp_path / "fixed.onnx")
+    fixed = _fixed_shape_onnx(tmp_path / "fixed.onnx")
     model = OnnxModel(fixed)
     assert model.fixed_spatial == (8, 8, 8)
     with pytest.raises(DataError, match="does not fit"):
@@ -189,11 +204,20 @@ def test_onnx_bad_inputs(tmp_path, phantom_root):
     images = tmp_path / "images"
     images.mkdir()
     (images / "case.nii.gz").symlink_to(_images(phantom_root, 1)[0][0])
+    # a fixed spatial size becomes the sliding window: the 8^3 model labels the whole phantom volume
     rc = main(["predict", "--model", str(fixed), "--images", str(images), "--out", str(tmp_path / "p"),
                "--no-progress"])
+    assert rc == 0 and (tmp_path / "p" / "case.nii.gz").is_file()
+    # two input channels cannot take a one-channel image
+    two = _fixed_shape_onnx(tmp_path / "two_channels.onnx", shape=(1, 8, 8, 8, 2))
+    rc = main(["predict", "--model", str(two), "--images", str(images), "--out", str(tmp_path / "q"),
+               "--no-progress"])
     assert rc == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "two_channels.onnx" in err and "does not fit" in err
+    assert not (tmp_path / "q" / "case.nii.gz").exists()
     with pytest.raises(MedsegError, match="tta"):
-        predict_folder_onnx(fixed, images, tmp_path / "q", tta=True)
+        predict_folder_onnx(fixed, images, tmp_path / "r", tta=True)
 
 
 def test_onnx_predict_runs_without_tensorflow(tiny3d, phantom_root, tmp_path):
