@@ -55,6 +55,8 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from medseg_tf.runspec import flip_axes
+
 __all__ = ["flip_axes", "random_augment"]
 
 # Fixed sub-seed indices (one per random decision), see the module docstring.
@@ -94,23 +96,6 @@ def _check_range(name: str, value, *, positive: bool) -> tuple[float, float] | N
     if positive and low <= 0:
         raise ValueError(f"{name} must be positive, got {value!r}")
     return low, high
-
-
-def flip_axes(flips: bool | Sequence[int], ndim: int) -> tuple[int, ...]:
-    """Spatial axes mirrored by ``random_augment(..., flips=flips)`` for ``ndim`` spatial axes.
-
-    >>> flip_axes(True, 3), flip_axes(False, 3), flip_axes([0], 2)
-    ((0, 1, 2), (), (0,))
-    """
-    if isinstance(flips, bool):
-        return tuple(range(ndim)) if flips else ()
-    try:
-        axes = tuple(sorted({int(a) for a in flips}))
-    except (TypeError, ValueError):
-        raise ValueError(f"flips must be true, false or a list of spatial axes, got {flips!r}") from None
-    if any(a < 0 or a >= ndim for a in axes):
-        raise ValueError(f"flips={list(flips)}: spatial axes must be in 0..{ndim - 1}")
-    return axes
 
 
 def _rot90(x: tf.Tensor, k: tf.Tensor, quarter_turns: bool) -> tf.Tensor:

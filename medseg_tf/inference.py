@@ -40,7 +40,6 @@ spec's defaults; older run folders (``depth`` or ``divisor`` at the top level) s
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -50,7 +49,6 @@ import keras
 import numpy as np
 
 from medseg_tf import io, preprocessing
-from medseg_tf.augment import flip_axes
 from medseg_tf.errors import ConfigError, DataError, OverwriteError
 from medseg_tf.runspec import RunSpec
 from medseg_tf.postprocessing import keep_largest_component
@@ -415,19 +413,13 @@ def load_run(run_dir: str | os.PathLike) -> tuple[keras.Model, RunSpec]:
 
 
 def _image_files(images_dir: Path) -> list[Path]:
+    """The NIfTI images of a folder, or of the ``imagesTr/`` of an MSD folder."""
     if (images_dir / "imagesTr").is_dir():
         images_dir = images_dir / "imagesTr"
-    files = sorted(p for p in images_dir.iterdir()
-                   if p.is_file() and not p.name.startswith(".")
-                   and (p.name.endswith(".nii.gz") or p.name.endswith(".nii")))
+    files = io.nifti_files(images_dir)
     if not files:
         raise DataError(images_dir, "holds no NIfTI images (.nii.gz or .nii)")
     return files
-
-
-def _case_id(path: Path) -> str:
-    name = path.name
-    return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name[: -len(".nii")]
 
 
 def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -477,9 +469,9 @@ def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str
         threshold: the case looks unlike the validation cases). The OOD score
         always uses the calibration's own temperature, whatever ``temperature``.
     """
-    from medseg_tf import uncertainty
     import pandas as pd
-    from tqdm.auto import tqdm
+
+    from medseg_tf import uncertainty
 
     if isinstance(model_or_run_dir, (str, os.PathLike)):
         model, run_spec = load_run(model_or_run_dir)
@@ -495,7 +487,7 @@ def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str
     if not images_dir.is_dir():
         raise DataError(images_dir, "folder not found")
     files = _image_files(images_dir)
-    outputs = [out_dir / f"{_case_id(f)}.nii.gz" for f in files]
+    outputs = [out_dir / f"{io.case_id(f)}.nii.gz" for f in files]
     existing = [p for p in outputs if p.exists()]
     if existing and not overwrite:
         raise OverwriteError(f"{existing[0]}: already exists ({len(existing)} of {len(outputs)} "
@@ -507,7 +499,28 @@ def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str
         temperature = calibration["temperature"] if calibration is not None else 1.0
     temperature = uncertainty.check_temperature(temperature)
     ood = calibration.get("ood") if calibration is not None else None
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        rows = _predict_files(model, config, files, outputs, tta=tta, lcc=lcc, batch_size=batch_size,
+                              overwrite=overwrite, progress=progress, report=report, temperature=temperature,
+                              calibration=calibration, ood=ood)
+    except BaseException:
+        if created and not any(out_dir.iterdir()):  # a failed run leaves no empty folder behind
+            out_dir.rmdir()
+        raise
+    columns = ["case", "seconds"] + (["temperature", "uncertainty"] if report else []) + (
+        ["ood_score", "ood_threshold", "ood"] if ood is not None else [])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _predict_files(model, config, files, outputs, *, tta, lcc, batch_size, overwrite, progress, report,
+                   temperature, calibration, ood) -> list[dict]:
+    """The loop of :func:`predict_folder`: predict and write each file; one row per case."""
+    from tqdm.auto import tqdm
+
+    from medseg_tf import uncertainty
+
     rows = []
     for path, out in tqdm(list(zip(files, outputs)), desc="predict", unit="case",
                           disable=not progress):
@@ -518,7 +531,7 @@ def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str
         if lcc:
             labels = keep_largest_component(labels)
         io.save_nifti(io.reorient_from_ras(labels, vol), out, reference=vol, overwrite=overwrite)
-        row = {"case": _case_id(path), "seconds": time.perf_counter() - start}
+        row = {"case": io.case_id(path), "seconds": time.perf_counter() - start}
         if report:
             row["temperature"] = temperature
             row["uncertainty"] = uncertainty.case_uncertainty(uncertainty.apply_temperature(probs, temperature))
@@ -530,6 +543,4 @@ def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str
             row["ood_threshold"] = float(ood["threshold"])
             row["ood"] = row["ood_score"] > row["ood_threshold"]
         rows.append(row)
-    columns = ["case", "seconds"] + (["temperature", "uncertainty"] if report else []) + (
-        ["ood_score", "ood_threshold", "ood"] if ood is not None else [])
-    return pd.DataFrame(rows, columns=columns)
+    return rows

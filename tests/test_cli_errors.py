@@ -155,6 +155,7 @@ def test_predict_refuses_nan_and_wrong_channel_counts(capsys, tmp_path, images):
     code, err = run(capsys, "predict", "--model", MODEL_3D, "--images", images, "--out", tmp_path / "p1")
     assert code == 1
     one_line(err, path.name, "NaN")
+    assert not (tmp_path / "p1").exists()  # a failed predict leaves no empty output folder
 
     four_d = np.stack([np.nan_to_num(data)] * 2, axis=-1)
     nib.save(nib.Nifti1Image(four_d, img.affine), str(path))
