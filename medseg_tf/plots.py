@@ -450,7 +450,8 @@ def segmentation_gallery(cases, *, axis: int = 2, panel_size: float = 2.2) -> ma
 
 def metric_boxplots(df, metrics, *, x: str = "class", hue: str | None = None,
                     titles: dict[str, str] | None = None,
-                    panel_size: tuple[float, float] = (3.2, 3.0)) -> matplotlib.figure.Figure:
+                    panel_size: tuple[float, float] = (3.2, 3.0),
+                    ncols: int | None = None) -> matplotlib.figure.Figure:
     """Box plot with every case as a dot (seaborn box + strip), one panel per metric.
 
     Parameters
@@ -470,11 +471,14 @@ def metric_boxplots(df, metrics, *, x: str = "class", hue: str | None = None,
         Panel title per metric (e.g. ``{"hd95": "HD95 (mm)"}``); default the column name.
     panel_size : (float, float)
         Width and height of one panel in inches.
+    ncols : int, optional
+        Panels per row (default: all in one row); more metrics wrap onto
+        further rows, so a figure stays readable on a slide.
 
     Returns
     -------
     matplotlib.figure.Figure
-        One row of ``len(metrics)`` axes.
+        ``len(metrics)`` axes, row by row.
     """
     import warnings
 
@@ -487,9 +491,13 @@ def metric_boxplots(df, metrics, *, x: str = "class", hue: str | None = None,
     if missing:
         raise ValueError(f"columns {missing} not in the table; available: {list(df.columns)}")
     titles = titles or {}
-    fig, axes = plt.subplots(1, len(metrics), figsize=(panel_size[0] * len(metrics), panel_size[1]),
+    ncols = min(int(ncols or len(metrics)), len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows),
                              squeeze=False)
-    for i, (ax, metric) in enumerate(zip(axes[0], metrics)):
+    for ax in axes.flat[len(metrics):]:
+        fig.delaxes(ax)
+    for i, (ax, metric) in enumerate(zip(axes.flat, metrics)):
         with warnings.catch_warnings():  # seaborn 0.13 passes bxp(vert=...), deprecated in Matplotlib 3.11
             warnings.filterwarnings("ignore", message=".*vert: bool.*", category=DeprecationWarning)
             sns.boxplot(data=df, x=x, y=metric, hue=hue, ax=ax, showfliers=False, whis=(0, 100),
@@ -503,6 +511,6 @@ def metric_boxplots(df, metrics, *, x: str = "class", hue: str | None = None,
         if hue and i == 0 and ax.get_legend() is not None:
             ax.get_legend().set_title(None)
             for text in ax.get_legend().get_texts():
-                text.set_fontsize(7)
+                text.set_fontsize(9)
     fig.tight_layout()
     return fig

@@ -201,3 +201,11 @@ def test_triplanar_panels_carry_letters_and_scale_bars():
         assert {t.get_text() for t in ax.texts} == set(plots.ORIENTATION_LETTERS[plane])
         assert len(ax.artists) == 1
     assert fig.axes[1].get_aspect() == pytest.approx(2.0)
+
+
+def test_metric_boxplots_wrap_onto_rows():
+    df = _table()
+    fig = plots.metric_boxplots(df, ["dice", "hd95", "dice"], ncols=2)
+    assert len(fig.axes) == 3
+    rows = sorted({round(ax.get_position().y0, 3) for ax in fig.axes})
+    assert len(rows) == 2
