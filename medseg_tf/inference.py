@@ -47,6 +47,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from scipy import special
 
 from medseg_tf import io, preprocessing
 from medseg_tf.errors import ConfigError, DataError, OverwriteError
@@ -85,11 +86,7 @@ def _predict_batches(model, x: np.ndarray, batch_size: int, from_logits: bool) -
         outs.append(y)
     y = np.concatenate(outs, axis=0)
     if from_logits:
-        if y.shape[-1] == 1:
-            y = 1.0 / (1.0 + np.exp(-y))
-        else:
-            y = np.exp(y - y.max(axis=-1, keepdims=True))
-            y /= y.sum(axis=-1, keepdims=True)
+        y = special.expit(y) if y.shape[-1] == 1 else special.softmax(y, axis=-1)
     return y.astype(np.float32, copy=False)
 
 

@@ -51,6 +51,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
+from scipy import ndimage
 import tensorflow as tf
 
 from medseg_tf.augment import random_augment
@@ -131,17 +132,9 @@ def _pad_to_at_least(image: np.ndarray, label: np.ndarray, size: Sequence[int | 
 
 
 def _foreground_by_class(label: np.ndarray) -> dict[int, np.ndarray]:
-    """Flat indices of the voxels of each foreground class present in ``label``."""
-    flat = label.ravel()
-    index = np.flatnonzero(flat)
-    if index.size == 0:
-        return {}
-    values = flat[index]
-    order = np.argsort(values, kind="stable")
-    values, index = values[order], index[order]
-    classes, starts = np.unique(values, return_index=True)
-    bounds = list(starts[1:]) + [index.size]
-    return {int(c): index[s:e] for c, s, e in zip(classes, starts, bounds)}
+    """Flat indices (ascending) of the voxels of each foreground class present in ``label``."""
+    flat = np.ascontiguousarray(label).ravel()
+    return {int(c): idx[0] for c, idx in ndimage.value_indices(flat, ignore_value=0).items()}
 
 
 def _crop_start(shape: Sequence[int], patch: Sequence[int], rng: np.random.Generator,
