@@ -642,18 +642,6 @@ def roc_auc(scores: np.ndarray, ref: np.ndarray, fov: np.ndarray | None = None) 
 
 
 # --------------------------------------------------------------------------- folders
-def _nifti_files(folder: Path) -> list[Path]:
-    """NIfTI files of a folder, sorted, skipping hidden files (e.g. macOS ``._x.nii.gz``)."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".")
-                  and (p.name.endswith(".nii.gz") or p.name.endswith(".nii")))
-
-
-def _case_id(path: Path) -> str:
-    name = path.name
-    return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name[: -len(".nii")]
-
-
 def _read_class_names(labels_dir: Path) -> dict[int, str] | None:
     """Label names from ``labels_dir/../dataset.json`` (MSD layout), or None."""
     from medseg_tf.errors import DataError
@@ -762,14 +750,14 @@ def evaluate_folder(pred_dir: str | os.PathLike, labels_dir: str | os.PathLike, 
     for folder in (pred_dir, labels_dir):
         if not folder.is_dir():
             raise DataError(folder, "folder not found")
-    preds = _nifti_files(pred_dir)
+    preds = io.nifti_files(pred_dir)
     if not preds:
         raise DataError(pred_dir, "holds no NIfTI files (.nii.gz or .nii)")
     names = dict(class_names) if class_names is not None else _read_class_names(labels_dir)
 
     rows = []
     for pred_path in tqdm(preds, desc="evaluate", unit="case", disable=not progress):
-        case = _case_id(pred_path)
+        case = io.case_id(pred_path)
         ref_path = labels_dir / pred_path.name
         if not ref_path.is_file():
             alt = labels_dir / (case + (".nii" if pred_path.name.endswith(".nii.gz") else ".nii.gz"))
