@@ -128,6 +128,9 @@ def run(args) -> int:
     unc_1 = [uncertainty.case_uncertainty(cases[c]["probs"]) for c in held_ids]
     rho_t, p_t = spearmanr(unc_t, dice)
     rho_1, p_1 = spearmanr(unc_1, dice)
+    all_ids = fit_ids + held_ids     # at T = 1 the score uses nothing fitted, so every validation case may count
+    rho_all, p_all = spearmanr([uncertainty.case_uncertainty(cases[c]["probs"]) for c in all_ids],
+                               [cases[c]["dice"] for c in all_ids])
 
     def stats_of(model_input, probs):
         return uncertainty.case_statistics(model_input, uncertainty.apply_temperature(probs, temperature),
@@ -161,6 +164,8 @@ def run(args) -> int:
         "heldout": {**held, "cases": len(held_ids), "mean_dice": float(np.mean(dice)),
                     "uncertainty_dice_spearman": float(rho_t), "uncertainty_dice_spearman_p": float(p_t),
                     "uncertainty_dice_spearman_T1": float(rho_1), "uncertainty_dice_spearman_T1_p": float(p_1),
+                    "uncertainty_dice_spearman_T1_all_validation": float(rho_all),
+                    "uncertainty_dice_spearman_T1_all_validation_p": float(p_all),
                     "uncertainty": "expected mislabelled voxels per predicted foreground voxel (at the temperature)",
                     "dice": "mean over the foreground classes of each case's Dice"},
         "fit": {**calibration_numbers(fit_ids, temperature), "cases": len(fit_ids)},
@@ -179,7 +184,8 @@ def run(args) -> int:
           f"-> {held['ece_after']:.4f}, NLL {held['nll_before']:.4f} -> {held['nll_after']:.4f} "
           f"({uncertainty.ECE_BINNING})")
     print(f"uncertainty vs Dice (Spearman, held-out): rho = {rho_t:.3f} (p = {p_t:.2g}) at T; "
-          f"{rho_1:.3f} (p = {p_1:.2g}) at T = 1; mean Dice {np.mean(dice):.4f}")
+          f"{rho_1:.3f} (p = {p_1:.2g}) at T = 1; mean Dice {np.mean(dice):.4f}; all {len(all_ids)} validation "
+          f"cases at T = 1: rho = {rho_all:.3f} (p = {p_all:.2g})")
     print(f"OOD threshold {ood['threshold']:.2f} ({ood['rule']}); held-out flagged "
           f"{result['ood']['heldout_flagged']}/{len(held_ids)}")
     for kind, row in checks.items():
