@@ -50,3 +50,16 @@ def test_region_metrics_by_hand():
     rows2 = {r["region"]: r for r in region_metrics(pred2, ref, (1.0, 1.0, 2.0))}
     assert rows2["whole tumour"]["dice"] == pytest.approx(2 * 180 / (180 + 216))
     assert rows2["tumour core"]["dice"] == 1.0
+
+
+def test_ensure_phantom_writes_once_and_rewrites_on_another_count(tmp_path):
+    from medseg_tf.phantoms import ensure_phantom
+
+    root = ensure_phantom("fundus", tmp_path / "f", n_cases=1)
+    stamp = (root / "images" / "fundus_000.png").stat().st_mtime_ns
+    assert ensure_phantom("fundus", root, n_cases=1) == root
+    assert (root / "images" / "fundus_000.png").stat().st_mtime_ns == stamp  # not rewritten
+    ensure_phantom("fundus", root, n_cases=2)
+    assert (root / "images" / "fundus_001.png").is_file()
+    with pytest.raises(ValueError, match="unknown phantom kind"):
+        ensure_phantom("xray", tmp_path / "x")
