@@ -27,7 +27,7 @@ import numpy as np
 
 from medseg_tf import settings
 from medseg_tf.errors import DataError, OverwriteError
-from medseg_tf.io import Volume, case_id, load_nifti, reorient_to_ras, save_nifti
+from medseg_tf.io import Volume, case_id, load_nifti, nifti_files, reorient_to_ras, save_nifti
 
 __all__ = ["Case", "MSDDataset", "write_msd_dataset", "check_dataset", "course_dataset",
            "split_cases"]
@@ -293,6 +293,23 @@ def split_cases(case_ids: list[str], val_fraction: float = 0.2, seed: int = 0) -
     return train, val
 
 
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """The NIfTI images of a folder (like MSD ``imagesTs/``), or of the ``imagesTr/`` of an MSD folder.
+
+    Raises
+    ------
+    DataError
+        When there are none.
+    """
+    folder = Path(folder)
+    if (folder / "imagesTr").is_dir():
+        folder = folder / "imagesTr"
+    files = nifti_files(folder)
+    if not files:
+        raise DataError(folder, "holds no NIfTI images (.nii.gz or .nii)")
+    return files
+
+
 #: What :func:`write_msd_dataset` writes into its folder (and so all that ``overwrite`` may replace).
 MSD_OUTPUTS = ("dataset.json", "imagesTr", "labelsTr")
 
@@ -336,10 +353,11 @@ def write_msd_dataset(out_dir: str | os.PathLike, cases: list[tuple[str, np.ndar
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
         training = []
-        for case_id, image, label, affine in cases:
-            save_nifti(np.asarray(image, np.float32), tmp / "imagesTr" / f"{case_id}.nii.gz", affine=affine)
-            save_nifti(np.asarray(label, np.uint8), tmp / "labelsTr" / f"{case_id}.nii.gz", affine=affine)
-            training.append({"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"})
+        for name_of_case, image, label, affine in cases:
+            save_nifti(np.asarray(image, np.float32), tmp / "imagesTr" / f"{name_of_case}.nii.gz", affine=affine)
+            save_nifti(np.asarray(label, np.uint8), tmp / "labelsTr" / f"{name_of_case}.nii.gz", affine=affine)
+            training.append({"image": f"./imagesTr/{name_of_case}.nii.gz",
+                             "label": f"./labelsTr/{name_of_case}.nii.gz"})
         meta = {
             "name": name, "description": description, "licence": licence,
             "tensorImageSize": "4D" if any(np.ndim(c[1]) == 4 for c in cases) else "3D",

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg_tf.errors import ConfigError, DataError, MedsegError, OverwriteError
+from medseg_tf.runspec import RunSpec
 
 __all__ = [
     "FORMATS",
@@ -148,10 +149,11 @@ def calibration_samples(config: Mapping, images: Iterable[np.ndarray], *, n: int
         float32 arrays of shape ``(1, *spatial, Cin)``.
     """
     from medseg_tf import preprocessing
-    from medseg_tf.sliding import config_divisor, padded_target
+    from medseg_tf.sliding import padded_target
 
+    spec = RunSpec.coerce(config)
     rng = np.random.default_rng(seed)
-    dims, divisor = int(config["dims"]), config_divisor(config)
+    dims, divisor = spec.dims, spec.divisor
     images = list(images)
     per_image = max(1, -(-int(n) // max(1, len(images))))   # ceil(n / cases): spread over the cases
     pool: list[np.ndarray] = []
@@ -159,8 +161,7 @@ def calibration_samples(config: Mapping, images: Iterable[np.ndarray], *, n: int
         image = np.asarray(image, dtype=np.float32)
         fill = float(image.min())
         if dims == 2:
-            axis = int(config.get("slice_axis", 2)) % 3
-            context = int(config.get("context_slices", 0) or 0)
+            axis, context = spec.slice_axis, spec.context_slices
             x = preprocessing.stack_neighbour_slices(image[..., None], axis, context) if context else image[..., None]
             slices = np.moveaxis(x, axis, 0)
             target = padded_target(slices.shape[1:3], divisor)
@@ -169,9 +170,9 @@ def calibration_samples(config: Mapping, images: Iterable[np.ndarray], *, n: int
             for k in rng.permutation(slices.shape[0])[:per_image]:
                 pool.append(preprocessing.pad_to_shape(slices[k], [*target, slices.shape[-1]], value=fill)[0][None])
         else:
-            target = padded_target(image.shape, divisor, config.get("patch_size"))
+            target = padded_target(image.shape, divisor, spec.patch_size)
             padded = preprocessing.pad_to_shape(image[..., None], [*target, 1], value=fill)[0]
-            patch = config.get("patch_size") or target
+            patch = spec.patch_size
             for _ in range(per_image):
                 corner = [int(rng.integers(0, t - p + 1)) for t, p in zip(target, patch)]
                 pool.append(padded[tuple(slice(c, c + p) for c, p in zip(corner, patch))][None])
@@ -454,9 +455,11 @@ def load_predictor(path: str | os.PathLike, *, threads: int | None = None):
         sidecar = path.with_name(path.name + ".json")
         if not sidecar.is_file():
             raise DataError(sidecar, "not found; it holds the training config of the LiteRT model")
-        return _LiteRTPredictor(path, threads), json.loads(sidecar.read_text()), "litert"
+        raw = json.loads(sidecar.read_text())
+        raw.pop("litert_quantize", None)  # how the file was quantised, not a run setting
+        return _LiteRTPredictor(path, threads), RunSpec.coerce(raw), "litert"
     if path.is_dir() and (path / "saved_model.pb").is_file():
-        return _SavedModelPredictor(path), json.loads((path / "config.json").read_text()), "saved_model"
+        return _SavedModelPredictor(path), RunSpec.load(path), "saved_model"
     model, config = load_keras(path)
     return _KerasPredictor(model), config, "keras"
 

@@ -51,6 +51,7 @@ from scipy import special
 
 from medseg_tf import io, preprocessing
 from medseg_tf.errors import ConfigError, DataError, OverwriteError
+from medseg_tf.datasets import image_files
 from medseg_tf.runspec import RunSpec
 from medseg_tf.postprocessing import keep_largest_component
 from medseg_tf.sliding import gaussian_importance_map, predict_slices, predict_windows, sliding_window_starts
@@ -278,23 +279,12 @@ def _predict_loaded(model, vol: io.Volume, config: RunSpec | Mapping, *, tta: bo
 def _probabilities_loaded(model, vol: io.Volume, config: RunSpec | Mapping, *, tta: bool,
                           batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Normalised RAS image (model grid) and RAS class probabilities (native grid) of a loaded volume."""
+    from medseg_tf.sliding import prepare_image
+
     spec = RunSpec.coerce(config)
-    ras = io.reorient_to_ras(vol)
-    data = np.asarray(ras.data, dtype=np.float32)
-    if data.ndim not in (3, 4):
-        raise DataError(vol.path, f"expected a 3D image (or 4D with channels last), got shape {data.shape}")
-    if not np.all(np.isfinite(data)):
-        bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
-        raise DataError(vol.path, f"holds {bad} NaN or infinite voxel value(s); fix or mask them before predicting")
-    _check_channels(model, data, spec, vol.path)
-    if data.ndim == 3:
-        image = preprocessing.normalize(data, spec.normalization)
-    else:
-        image = np.stack([preprocessing.normalize(data[..., c], spec.normalization)
-                          for c in range(data.shape[-1])], axis=-1)
-    spacing = ras.spacing
-    if spec.target_spacing is not None:
-        image = preprocessing.resample_to_spacing(image, spacing, spec.target_spacing, order=1)
+    image, spacing = prepare_image(vol, spec)
+    ras_shape = io.reorient_to_ras(vol).shape[:3]
+    _check_channels(model, image, spec, vol.path)
     tta_axes = _checked_tta_axes(spec) if tta else ()
     probs = predict_volume(
         model, image, dims=spec.dims, axis=spec.slice_axis,
@@ -303,7 +293,7 @@ def _probabilities_loaded(model, vol: io.Volume, config: RunSpec | Mapping, *, t
         from_logits=spec.from_logits, tta_axes=tta_axes, context=spec.context_slices)
     if spec.target_spacing is not None:
         probs = preprocessing.resample_to_spacing(probs, spec.target_spacing, spacing, order=1,
-                                                  shape=data.shape[:3])
+                                                  shape=ras_shape)
     return image, probs
 
 
@@ -409,16 +399,6 @@ def load_run(run_dir: str | os.PathLike) -> tuple[keras.Model, RunSpec]:
     return model, config
 
 
-def _image_files(images_dir: Path) -> list[Path]:
-    """The NIfTI images of a folder, or of the ``imagesTr/`` of an MSD folder."""
-    if (images_dir / "imagesTr").is_dir():
-        images_dir = images_dir / "imagesTr"
-    files = io.nifti_files(images_dir)
-    if not files:
-        raise DataError(images_dir, "holds no NIfTI images (.nii.gz or .nii)")
-    return files
-
-
 def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                    config: Mapping | None = None, tta: bool = False, lcc: bool = False,
                    overwrite: bool = False, progress: bool = True, batch_size: int = 16,
@@ -483,7 +463,7 @@ def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():
         raise DataError(images_dir, "folder not found")
-    files = _image_files(images_dir)
+    files = image_files(images_dir)
     outputs = [out_dir / f"{io.case_id(f)}.nii.gz" for f in files]
     existing = [p for p in outputs if p.exists()]
     if existing and not overwrite:

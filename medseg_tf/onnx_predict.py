@@ -29,6 +29,8 @@ import numpy as np
 from medseg_tf import io
 from medseg_tf.errors import ConfigError, DataError, OverwriteError
 from medseg_tf.postprocessing import keep_largest_component
+from medseg_tf.datasets import image_files
+from medseg_tf.runspec import RunSpec
 from medseg_tf.sliding import labels_from_probs, predict_image, prepare_image, probabilities_from_logits
 
 __all__ = ["CONFIG_KEY", "OnnxModel", "load_onnx", "predict_case_onnx", "predict_folder_onnx"]
@@ -78,15 +80,23 @@ class OnnxModel:
         if len(self.input_shape) not in (4, 5):
             raise DataError(self.path, f"input has shape {inputs[0].shape}; expected (batch, *spatial, channels) "
                                        "with 2 or 3 spatial axes")
-        self.config = dict(config) if config is not None else self._read_config()
-        if "dims" not in self.config:
-            raise DataError(self.path, "its configuration has no 'dims' entry (2 or 3)")
-        if int(self.config["dims"]) == 3 and len(self.input_shape) != 5:
+        if config is not None:
+            self.config = RunSpec.coerce(config)
+        else:
+            raw = self._read_config()
+            if "dims" not in raw:
+                raise DataError(self.path, "its configuration has no 'dims' entry (2 or 3)")
+            try:
+                self.config = RunSpec.coerce(raw)
+            except ConfigError as exc:
+                raise DataError(self.path, f"its configuration: {exc}") from None
+        if self.config.dims == 3 and len(self.input_shape) != 5:
             raise DataError(self.path, f"config says dims=3 but the model's input {self.input_shape} is 2D")
-        if int(self.config["dims"]) == 2 and len(self.input_shape) != 4:
+        if self.config.dims == 2 and len(self.input_shape) != 4:
             raise DataError(self.path, f"config says dims=2 but the model's input {self.input_shape} is not 2D")
 
     def _read_config(self) -> dict:
+        """The run spec's JSON: the file's metadata, else the ``config.json`` next to it."""
         meta = self.session.get_modelmeta().custom_metadata_map
         if CONFIG_KEY in meta:
             try:
@@ -131,7 +141,7 @@ class OnnxModel:
         else:
             raise DataError(self.path, f"input shape {tuple(want)} has a fixed batch of {batch}, which does not "
                                        f"divide a batch of {x.shape[0]}; predict with --batch-size {batch}")
-        if bool(self.config.get("from_logits", False)):
+        if self.config.from_logits:
             y = probabilities_from_logits(y)
         return np.asarray(y, dtype=np.float32)
 
@@ -147,10 +157,10 @@ def _predict_loaded(model: OnnxModel, vol: io.Volume, *, lcc: bool, batch_size: 
     config = model.config
     image, spacing = prepare_image(vol, config)
     probs = predict_image(model.predict_batch, image, config, batch_size=batch_size, fixed=model.fixed_spatial)
-    if config.get("target_spacing") is not None:
+    if config.target_spacing is not None:
         from medseg_tf import preprocessing
 
-        probs = preprocessing.resample_to_spacing(probs, config["target_spacing"], spacing, order=1,
+        probs = preprocessing.resample_to_spacing(probs, config.target_spacing, spacing, order=1,
                                                   shape=io.reorient_to_ras(vol).data.shape[:3])
     labels = labels_from_probs(probs)
     if lcc:
@@ -168,20 +178,6 @@ def predict_case_onnx(model: OnnxModel, image_path: str | os.PathLike, *, lcc: b
     """
     vol = io.load_nifti(image_path)
     return _predict_loaded(model, vol, lcc=lcc, batch_size=batch_size), vol.affine
-
-
-def _image_files(images_dir: Path) -> list[Path]:
-    if (images_dir / "imagesTr").is_dir():
-        images_dir = images_dir / "imagesTr"
-    files = sorted(p for p in images_dir.iterdir() if p.is_file() and not p.name.startswith(".")
-                   and (p.name.endswith(".nii.gz") or p.name.endswith(".nii")))
-    if not files:
-        raise DataError(images_dir, "holds no NIfTI images (.nii.gz or .nii)")
-    return files
-
-
-def _case_id(path: Path) -> str:
-    return path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.name[: -len(".nii")]
 
 
 def predict_folder_onnx(model: OnnxModel | str | os.PathLike, images_dir: str | os.PathLike,
@@ -209,8 +205,8 @@ def predict_folder_onnx(model: OnnxModel | str | os.PathLike, images_dir: str | 
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():
         raise DataError(images_dir, "folder not found")
-    files = _image_files(images_dir)
-    outputs = [out_dir / f"{_case_id(f)}.nii.gz" for f in files]
+    files = image_files(images_dir)
+    outputs = [out_dir / f"{io.case_id(f)}.nii.gz" for f in files]
     existing = [p for p in outputs if p.exists()]
     if existing and not overwrite:
         raise OverwriteError(f"{existing[0]}: already exists ({len(existing)} of {len(outputs)} outputs do); "
@@ -222,6 +218,6 @@ def predict_folder_onnx(model: OnnxModel | str | os.PathLike, images_dir: str | 
         vol = io.load_nifti(path)
         labels = _predict_loaded(model, vol, lcc=lcc, batch_size=batch_size)
         io.save_nifti(labels, out, reference=vol, overwrite=overwrite)
-        rows.append({"case": _case_id(path), "seconds": time.perf_counter() - start})
+        rows.append({"case": io.case_id(path), "seconds": time.perf_counter() - start})
     return pd.DataFrame(rows, columns=["case", "seconds"])
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from medseg_tf import io, preprocessing
 from medseg_tf.errors import DataError
+from medseg_tf.runspec import RunSpec
 
 __all__ = [
     "gaussian_importance_map",
@@ -206,51 +207,37 @@ def predict_windows(predict_batch: PredictBatch, image: np.ndarray, patch_size: 
     return preprocessing.unpad(acc / norm, pads)
 
 
-def predict_image(predict_batch: PredictBatch, image: np.ndarray, config: Mapping, *, batch_size: int = 16,
-                  fixed: Sequence[int] | None = None) -> np.ndarray:
-    """Probabilities of a normalised RAS volume, with the settings of a training ``config``.
+def predict_image(predict_batch: PredictBatch, image: np.ndarray, config: RunSpec | Mapping, *,
+                  batch_size: int = 16, fixed: Sequence[int] | None = None) -> np.ndarray:
+    """Probabilities of a normalised RAS volume, predicted as the run spec ``config`` says.
 
-    Reads ``dims``, ``slice_axis``, ``patch_size``, ``overlap``, ``context_slices``
-    (2.5D: neighbouring slices stacked as channels), ``divisor`` / ``model.depth``
-    (see :mod:`medseg_tf.inference`). The padding value is the volume's minimum.
+    Uses the spec's ``dims``, ``slice_axis``, ``context_slices`` (2.5D: neighbouring slices stacked
+    as channels), ``patch_size`` and ``overlap`` (3D sliding window; a model with a ``fixed`` input size
+    uses that size) and its ``divisor`` (``2**depth``). The padding value is the volume's minimum.
 
     Returns
     -------
     np.ndarray
         float32 ``(X, Y, Z, C)``.
     """
+    spec = RunSpec.coerce(config)
     image = np.asarray(image, dtype=np.float32)
     if image.ndim == 3:
         image = image[..., None]
-    dims = int(config["dims"])
     fill = float(image.min())
-    divisor = config_divisor(config)
-    if dims == 2:
-        axis = int(config.get("slice_axis", 2)) % 3
-        context = int(config.get("context_slices", 0) or 0)
-        if context:
-            image = preprocessing.stack_neighbour_slices(image, axis, context)
-        return predict_slices(predict_batch, image, axis, batch_size=batch_size, divisor=divisor, fixed=fixed,
-                              pad_value=fill)
-    if dims != 3:
-        raise ValueError(f"dims must be 2 or 3, got {dims!r}")
-    return predict_windows(predict_batch, image, config.get("patch_size") or fixed,
-                           overlap=float(config.get("overlap", 0.5)), batch_size=batch_size, divisor=divisor,
-                           pad_value=fill)
+    if spec.dims == 2:
+        if spec.context_slices:
+            image = preprocessing.stack_neighbour_slices(image, spec.slice_axis, spec.context_slices)
+        return predict_slices(predict_batch, image, spec.slice_axis, batch_size=batch_size, divisor=spec.divisor,
+                              fixed=fixed, pad_value=fill)
+    return predict_windows(predict_batch, image, tuple(fixed) if fixed else spec.patch_size,
+                           overlap=spec.overlap, batch_size=batch_size, divisor=spec.divisor, pad_value=fill)
 
 
-def config_divisor(config: Mapping) -> int:
-    """Pad multiple: ``divisor``, else ``2**depth`` (top level or ``model.depth``), else 16."""
-    if config.get("divisor") is not None:
-        return int(config["divisor"])
-    depth = config.get("depth")
-    if depth is None and isinstance(config.get("model"), Mapping):
-        depth = config["model"].get("depth")
-    return 2 ** int(depth) if depth is not None else 16
+def prepare_image(vol: io.Volume, config: RunSpec | Mapping) -> tuple[np.ndarray, tuple[float, ...]]:
+    """The model's input for a loaded image: RAS voxel order, normalised and resampled as in training.
 
-
-def prepare_image(vol: io.Volume, config: Mapping) -> tuple[np.ndarray, tuple[float, ...]]:
-    """The model's input for a loaded image: RAS voxel order, normalised, resampled as in training.
+    Raises :class:`~medseg_tf.errors.DataError` naming the file for a 2D/5D image or NaN/Inf voxels.
 
     Returns
     -------
@@ -259,17 +246,21 @@ def prepare_image(vol: io.Volume, config: Mapping) -> tuple[np.ndarray, tuple[fl
     spacing : tuple of float
         The RAS spacing in mm before any resampling.
     """
+    spec = RunSpec.coerce(config)
     ras = io.reorient_to_ras(vol)
     data = np.asarray(ras.data, dtype=np.float32)
     if data.ndim not in (3, 4):
         raise DataError(vol.path, f"expected a 3D image (or 4D with channels last), got shape {data.shape}")
-    method = config.get("normalization", "zscore") or "none"
+    if not np.all(np.isfinite(data)):
+        bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        raise DataError(vol.path, f"holds {bad} NaN or infinite voxel value(s); fix or mask them before predicting")
     if data.ndim == 3:
-        image = preprocessing.normalize(data, method)
+        image = preprocessing.normalize(data, spec.normalization)
     else:
-        image = np.stack([preprocessing.normalize(data[..., c], method) for c in range(data.shape[-1])], axis=-1)
-    if config.get("target_spacing") is not None:
-        image = preprocessing.resample_to_spacing(image, ras.spacing, config["target_spacing"], order=1)
+        image = np.stack([preprocessing.normalize(data[..., c], spec.normalization)
+                          for c in range(data.shape[-1])], axis=-1)
+    if spec.target_spacing is not None:
+        image = preprocessing.resample_to_spacing(image, ras.spacing, spec.target_spacing, order=1)
     return image, tuple(ras.spacing)
 
 
