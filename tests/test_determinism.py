@@ -35,7 +35,5 @@ def test_same_seed_same_history_in_a_fresh_process(phantom_root, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     there = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(here) == 2
+    assert here[0]["loss"] != here[1]["loss"]  # it trained
     assert here == there  # exact: same losses and Dice to the last bit
-    other_seed = read_history(train(config.replace(seed=4, out_dir=str(tmp_path / "seed4")), verbose=0)
-                              / "history.csv")
-    assert other_seed != here  # the seed matters, so the equality above is not vacuous
