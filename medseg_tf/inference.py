@@ -52,7 +52,7 @@ from scipy import special
 from medseg_tf import io, preprocessing
 from medseg_tf.errors import ConfigError, DataError, OverwriteError
 from medseg_tf.datasets import image_files
-from medseg_tf.runspec import RunSpec
+from medseg_tf.runspec import RunSpec, check_context_slices, slices_per_sample
 from medseg_tf.postprocessing import keep_largest_component
 from medseg_tf.sliding import gaussian_importance_map, predict_slices, predict_windows, sliding_window_starts
 
@@ -123,7 +123,7 @@ def predict_volume(model, image: np.ndarray, *, dims: int, axis: int = 2,
                    patch_size: Sequence[int] | None = None, overlap: float = 0.5,
                    batch_size: int = 16, tta: bool = False, divisor: int = 16,
                    from_logits: bool = False, tta_axes: Sequence[int] = (0, 1, 2),
-                   pad_value: float | str = "min", context: int = 0) -> np.ndarray:
+                   pad_value: float | str = "min", context_slices: int = 0) -> np.ndarray:
     """Class probabilities of every voxel of a volume.
 
     Parameters
@@ -168,8 +168,8 @@ def predict_volume(model, image: np.ndarray, *, dims: int, axis: int = 2,
         the model sees the same border at inference as in training.
     from_logits : bool
         The model outputs logits; apply softmax (sigmoid for 1 channel).
-    context : int
-        For ``dims=2``: a "2.5D" model trained with ``context`` neighbouring
+    context_slices : int
+        For ``dims=2``: a "2.5D" model trained with ``context_slices`` neighbouring
         slices on each side as channels (config ``context_slices``); ``image``
         then has one channel and the neighbours are stacked here, after any
         test-time flip (see :func:`medseg_tf.preprocessing.stack_neighbour_slices`).
@@ -188,15 +188,14 @@ def predict_volume(model, image: np.ndarray, *, dims: int, axis: int = 2,
         raise ValueError(f"dims must be 2 or 3, got {dims!r}")
     if int(divisor) < 1:
         raise ValueError(f"divisor must be >= 1, got {divisor}")
-    if int(context) != context or context < 0 or (context and dims != 2):
-        raise ValueError(f"context must be a non-negative integer, and 0 unless dims=2; got {context!r}")
-    if context and image.shape[-1] != 1:
-        raise ValueError(f"a 2.5D model (context={context}) needs a one-channel image, got shape {image.shape}")
-    channels = 2 * int(context) + 1 if context else image.shape[-1]
+    context_slices = check_context_slices(context_slices, dims)
+    if context_slices and image.shape[-1] != 1:
+        raise ValueError(f"a 2.5D model (context_slices={context_slices}) needs a one-channel image, got shape {image.shape}")
+    channels = slices_per_sample(context_slices) if context_slices else image.shape[-1]
     expected = getattr(model, "input_shape", None)
     if isinstance(expected, tuple) and expected and expected[-1] not in (None, channels):
         raise ValueError(f"the model expects {expected[-1]} input channel(s), the image gives "
-                         f"{channels}" + (f" ({2 * int(context) + 1} with context={context})" if context else ""))
+                         f"{channels}" + (f" with context_slices={context_slices}" if context_slices else ""))
     fill = float(image.min()) if isinstance(pad_value, str) and pad_value == "min" else float(pad_value)
     if dims == 2:
         if axis not in (0, 1, 2, -1, -2, -3):
@@ -204,8 +203,8 @@ def predict_volume(model, image: np.ndarray, *, dims: int, axis: int = 2,
         axis %= 3
 
         def once(x):
-            if context:
-                x = preprocessing.stack_neighbour_slices(x, axis, int(context))
+            if context_slices:
+                x = preprocessing.stack_neighbour_slices(x, axis, context_slices)
             return _predict_2d(model, x, axis, batch_size, int(divisor), from_logits, fill)
     else:
         def once(x):
@@ -290,7 +289,7 @@ def _probabilities_loaded(model, vol: io.Volume, config: RunSpec | Mapping, *, t
         model, image, dims=spec.dims, axis=spec.slice_axis,
         patch_size=spec.patch_size if spec.dims == 3 else None, overlap=spec.overlap,
         batch_size=batch_size, tta=tta, divisor=spec.divisor,
-        from_logits=spec.from_logits, tta_axes=tta_axes, context=spec.context_slices)
+        from_logits=spec.from_logits, tta_axes=tta_axes, context_slices=spec.context_slices)
     if spec.target_spacing is not None:
         probs = preprocessing.resample_to_spacing(probs, spec.target_spacing, spacing, order=1,
                                                   shape=ras_shape)

@@ -56,6 +56,7 @@ import tensorflow as tf
 
 from medseg_tf.augment import random_augment
 from medseg_tf.preprocessing import neighbour_slice_indices
+from medseg_tf.runspec import check_context_slices, slices_per_sample
 
 __all__ = ["slice_dataset", "patch_dataset", "volume_slices"]
 
@@ -220,8 +221,8 @@ def _slice_of(array: np.ndarray, axis: int, index: int) -> np.ndarray:
 
 def _slice_sampler(volumes: _Volumes, axis: int, patch: tuple[int, int], *, training: bool,
                    seed: int, foreground_fraction: float, epochs: int | None,
-                   cache: bool, context: int = 0) -> Callable[[], Iterator]:
-    """Generator function of (image (ph, pw, 2*context+1) float32, label (ph, pw) int32) slices."""
+                   cache: bool, context_slices: int = 0) -> Callable[[], Iterator]:
+    """Generator function of (image (ph, pw, 2*context_slices+1) float32, label (ph, pw) int32) slices."""
     items = [(v, s) for v in range(len(volumes))
              for s in range(volumes.images[v].shape[axis])]
 
@@ -241,8 +242,8 @@ def _slice_sampler(volumes: _Volumes, axis: int, patch: tuple[int, int], *, trai
     def sample(v: int, s: int, rng: np.random.Generator | None, forced: bool):
         image, label = volumes.get(v)
         label2d = _slice_of(label, axis, s)
-        image2d = np.stack([_slice_of(image, axis, int(k))  # (H, W, 2*context+1), neighbours as channels
-                            for k in neighbour_slice_indices(s, image.shape[axis], context)], axis=-1)
+        image2d = np.stack([_slice_of(image, axis, int(k))  # (H, W, 2*context_slices+1), neighbours as channels
+                            for k in neighbour_slice_indices(s, image.shape[axis], context_slices)], axis=-1)
         if rng is None:
             start = _centre_start(label2d.shape, patch)
         else:
@@ -372,7 +373,7 @@ def slice_dataset(
     foreground_fraction: float = 0.5,
     cache: bool = True,
     repeat: int | None = None,
-    context: int = 0,
+    context_slices: int = 0,
 ) -> tf.data.Dataset:
     """Batches of 2D slices (and their labels) for training a 2D network.
 
@@ -413,8 +414,8 @@ def slice_dataset(
         Number of passes. None: forever when training (use
         ``steps_per_epoch``), once otherwise. One training pass has
         ``n_slices // batch_size`` batches.
-    context : int
-        "2.5D" input: also give the model the ``context`` neighbouring slices on
+    context_slices : int
+        "2.5D" input: also give the model the ``context_slices`` neighbouring slices on
         each side, as channels (edge slices repeated at the ends, see
         :func:`medseg_tf.preprocessing.stack_neighbour_slices`); the label is
         that of the middle slice. ``0``: one slice, one channel.
@@ -422,7 +423,7 @@ def slice_dataset(
     Returns
     -------
     tf.data.Dataset
-        Elements ``(x, y)``: ``x`` float32 ``(B, ph, pw, 2 * context + 1)``,
+        Elements ``(x, y)``: ``x`` float32 ``(B, ph, pw, 2 * context_slices + 1)``,
         ``y`` int32 ``(B, ph, pw)``.
     """
     images, labels = _check_volumes(images, labels)
@@ -430,17 +431,16 @@ def slice_dataset(
     if not -3 <= int(axis) <= 2:
         raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
     axis = int(axis) % 3
-    if int(context) != context or context < 0:
-        raise ValueError(f"context must be a non-negative integer, got {context!r}")
+    context_slices = check_context_slices(context_slices)
     pad: list[int | None] = list(patch)
     pad.insert(axis, None)
     volumes = _Volumes(images, labels, pad, cache)
     epochs = None if repeat is None else int(repeat)
     generator = _slice_sampler(volumes, axis, patch, training=training, seed=int(seed),
                                foreground_fraction=float(foreground_fraction),
-                               epochs=epochs, cache=cache, context=int(context))
+                               epochs=epochs, cache=cache, context_slices=context_slices)
     return _assemble(generator, patch, training=training, seed=seed, augment=augment,
-                     batch_size=batch_size, cache=cache, repeat=repeat, channels=2 * int(context) + 1)
+                     batch_size=batch_size, cache=cache, repeat=repeat, channels=slices_per_sample(context_slices))
 
 
 def patch_dataset(

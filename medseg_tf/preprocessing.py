@@ -24,6 +24,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from medseg_tf.runspec import check_context_slices
+
 from medseg_tf.errors import ConfigError, DataError
 
 __all__ = ["zscore", "clip_percentiles", "ct_window", "resample_to_spacing", "resample_image",
@@ -343,8 +345,8 @@ def crop_to_foreground(image: np.ndarray, label: np.ndarray, margin: int | Seque
     return image[box], label[box], box
 
 
-def neighbour_slice_indices(index: int, n: int, context: int) -> np.ndarray:
-    """Indices ``index - context .. index + context`` clamped to ``0 .. n - 1``.
+def neighbour_slice_indices(index: int, n: int, context_slices: int) -> np.ndarray:
+    """Indices ``index - context_slices .. index + context_slices`` clamped to ``0 .. n - 1``.
 
     The slices a "2.5D" model sees for slice ``index`` of a stack of ``n``: at the
     first and last slices the edge slice is repeated (no zero slices, which
@@ -353,13 +355,14 @@ def neighbour_slice_indices(index: int, n: int, context: int) -> np.ndarray:
     >>> neighbour_slice_indices(0, 5, 1).tolist(), neighbour_slice_indices(2, 5, 2).tolist()
     ([0, 0, 1], [0, 1, 2, 3, 4])
     """
-    if context < 0 or n < 1:
-        raise ValueError(f"context must be >= 0 and n >= 1, got context={context}, n={n}")
-    return np.clip(np.arange(index - context, index + context + 1), 0, n - 1)
+    context_slices = check_context_slices(context_slices)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return np.clip(np.arange(index - context_slices, index + context_slices + 1), 0, n - 1)
 
 
-def stack_neighbour_slices(image: np.ndarray, axis: int, context: int) -> np.ndarray:
-    """Give every voxel the values of its ``context`` neighbouring slices as channels ("2.5D" input).
+def stack_neighbour_slices(image: np.ndarray, axis: int, context_slices: int) -> np.ndarray:
+    """Give every voxel the values of its ``context_slices`` neighbouring slices as channels ("2.5D" input).
 
     Parameters
     ----------
@@ -367,14 +370,14 @@ def stack_neighbour_slices(image: np.ndarray, axis: int, context: int) -> np.nda
         Volume ``(X, Y, Z)`` or ``(X, Y, Z, 1)``.
     axis : int
         The slicing axis of the 2D model (0, 1 or 2).
-    context : int
+    context_slices : int
         Neighbours on each side (``0``: the slice alone).
 
     Returns
     -------
     np.ndarray
-        ``(X, Y, Z, 2 * context + 1)``, same dtype: channel ``c`` of slice ``i``
-        is slice ``clip(i + c - context)`` (see :func:`neighbour_slice_indices`),
+        ``(X, Y, Z, 2 * context_slices + 1)``, same dtype: channel ``c`` of slice ``i``
+        is slice ``clip(i + c - context_slices)`` (see :func:`neighbour_slice_indices`),
         so the middle channel is the image itself.
     """
     image = np.asarray(image)
@@ -382,10 +385,9 @@ def stack_neighbour_slices(image: np.ndarray, axis: int, context: int) -> np.nda
         image = image[..., 0]
     if image.ndim != 3:
         raise ValueError(f"image must be (X, Y, Z) or (X, Y, Z, 1), got shape {image.shape}")
-    if int(context) != context or context < 0:
-        raise ValueError(f"context must be a non-negative integer, got {context!r}")
+    context_slices = check_context_slices(context_slices)
     axis = int(axis) % 3
     n = image.shape[axis]
     channels = [np.take(image, np.clip(np.arange(n) + offset, 0, n - 1), axis=axis)
-                for offset in range(-int(context), int(context) + 1)]
+                for offset in range(-context_slices, context_slices + 1)]
     return np.stack(channels, axis=-1)

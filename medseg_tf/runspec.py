@@ -45,6 +45,8 @@ __all__ = [
     "DEFAULT_PATCH",
     "flip_axes",
     "round_up",
+    "check_context_slices",
+    "slices_per_sample",
 ]
 
 #: Learning-rate schedules (``medseg_tf.training.make_schedule``).
@@ -90,6 +92,23 @@ def flip_axes(flips: bool | Sequence[int], ndim: int) -> tuple[int, ...]:
     if any(a < 0 or a >= ndim for a in axes):
         raise ConfigError("augment", f"flips={list(flips)}: spatial axes must be in 0..{ndim - 1}")
     return axes
+
+
+def check_context_slices(value, dims: int = 2) -> int:
+    """The number of neighbouring slices on each side of a "2.5D" sample, validated (0: one slice).
+
+    >>> check_context_slices(2), slices_per_sample(2)
+    (2, 5)
+    """
+    k = _as_int("context_slices", value)
+    if k < 0 or (k and dims != 2):
+        raise ConfigError("context_slices", f"must be >= 0, and 0 unless dims=2; got {value!r} with dims={dims}")
+    return k
+
+
+def slices_per_sample(context_slices: int) -> int:
+    """Slices stacked as channels for one 2D sample: the slice and ``context_slices`` on each side."""
+    return 2 * int(context_slices) + 1
 
 
 def _as_int(name: str, value) -> int:
@@ -139,8 +158,9 @@ def _check_unet_kwargs(model_kwargs: Mapping) -> None:
                 value = _as_int(key, model_kwargs[key])
             except ConfigError:
                 raise ConfigError("model", f"{key} must be an integer, got {model_kwargs[key]!r}") from None
-            if value < 1:
-                raise ConfigError("model", f"{key} must be >= 1, got {value}")
+            low = 0 if key == "depth" else 1  # depth 0: no pooling, a plain fully convolutional net
+            if value < low:
+                raise ConfigError("model", f"{key} must be >= {low}, got {value}")
     norm = model_kwargs.get("norm")
     if norm is not None and norm not in NORMS:
         raise ConfigError("model", f"norm must be one of {', '.join(NORMS)} or null, got {norm!r}")
@@ -251,10 +271,7 @@ class RunSpec(Mapping):
         self.slice_axis = _as_int("slice_axis", self.slice_axis)
         if self.slice_axis not in (0, 1, 2):
             raise ConfigError("slice_axis", f"must be 0, 1 or 2, got {self.slice_axis}")
-        self.context_slices = _as_int("context_slices", self.context_slices)
-        if self.context_slices < 0 or (self.context_slices and self.dims != 2):
-            raise ConfigError("context_slices", f"must be >= 0, and 0 unless dims=2; got "
-                                                f"{self.context_slices} with dims={self.dims}")
+        self.context_slices = check_context_slices(self.context_slices, self.dims)
         if self.patch_size is None:
             self.patch_size = DEFAULT_PATCH[self.dims]
         if isinstance(self.patch_size, (str, bytes)) or not isinstance(self.patch_size, Sequence):
@@ -346,7 +363,7 @@ class RunSpec(Mapping):
     @property
     def slices_per_sample(self) -> int:
         """Slices stacked as channels for one 2D sample (``2 * context_slices + 1``; 1 in 3D)."""
-        return 2 * self.context_slices + 1
+        return slices_per_sample(self.context_slices)
 
     @property
     def input_channels(self) -> int:

@@ -206,10 +206,10 @@ def make_datasets(config: TrainConfig, train_volumes, val_volumes, *, global_bat
         train_ds = slice_dataset(*train_volumes, axis=config.slice_axis, patch_size=config.patch_size,
                                  batch_size=global_batch_size, training=True,
                                  augment=config.augment, foreground_fraction=config.foreground_fraction,
-                                 context=config.context_slices, **common)
+                                 context_slices=config.context_slices, **common)
         val_ds = slice_dataset(*val_volumes, axis=config.slice_axis, patch_size=val_patch,
                                batch_size=global_batch_size, training=False, augment=False,
-                               context=config.context_slices, **common)
+                               context_slices=config.context_slices, **common)
     else:
         train_ds = patch_dataset(*train_volumes, patch_size=config.patch_size,
                                  batch_size=global_batch_size, training=True, augment=config.augment,

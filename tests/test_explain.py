@@ -121,7 +121,7 @@ def test_tta_ensemble_matches_single_predictions_batched():
     config2 = {"dims": 2, "slice_axis": 1, "context_slices": 1, "depth": 2}
     shifts = explain.shift_transforms([(0, 0, 0), (1, 0, -1)])
     stack = explain.ensemble_predict(net2, vol, config2, transforms=shifts)
-    np.testing.assert_allclose(stack[0], inference.predict_volume(net2, vol, dims=2, axis=1, context=1, divisor=4),
+    np.testing.assert_allclose(stack[0], inference.predict_volume(net2, vol, dims=2, axis=1, context_slices=1, divisor=4),
                                atol=1e-5)
     assert stack.shape == (2, 13, 9, 11, 3)
     with pytest.raises(ValueError, match="N >= 2"):

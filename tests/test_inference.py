@@ -313,15 +313,15 @@ def test_context_slices_stacked_after_each_flip(monkeypatch):
 
     monkeypatch.setattr(inference, "_predict_2d", fake_predict_2d)
     image = np.random.default_rng(1).normal(size=(4, 5, 6)).astype(np.float32)
-    out = inference.predict_volume(None, image, dims=2, axis=2, context=1, tta=True, tta_axes=(2,))
+    out = inference.predict_volume(None, image, dims=2, axis=2, context_slices=1, tta=True, tta_axes=(2,))
     assert len(calls) == 2 and all(c.shape == (4, 5, 6, 3) for c in calls)
     np.testing.assert_array_equal(calls[0], preprocessing.stack_neighbour_slices(image, 2, 1))
     np.testing.assert_array_equal(calls[1], preprocessing.stack_neighbour_slices(image[:, :, ::-1], 2, 1))
     np.testing.assert_allclose(out[..., 0], image, atol=1e-6)
     with pytest.raises(ValueError, match="0 unless dims=2"):
-        inference.predict_volume(None, image, dims=3, context=1)
+        inference.predict_volume(None, image, dims=3, context_slices=1)
     with pytest.raises(ValueError, match="one-channel"):
-        inference.predict_volume(None, np.stack([image, image], -1), dims=2, context=1)
+        inference.predict_volume(None, np.stack([image, image], -1), dims=2, context_slices=1)
 
 
 def test_tta_axes_follow_training_augmentation():

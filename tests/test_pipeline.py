@@ -176,7 +176,7 @@ def test_context_slices_give_neighbours_as_channels():
     images, labels = _volumes(n=2)
     patch = (24, 32)
     plain = _take(slice_dataset(images, labels, patch_size=patch, batch_size=5, training=False), 100)
-    ctx = _take(slice_dataset(images, labels, patch_size=patch, batch_size=5, training=False, context=1), 100)
+    ctx = _take(slice_dataset(images, labels, patch_size=patch, batch_size=5, training=False, context_slices=1), 100)
     x = np.concatenate([b[0] for b in ctx])
     assert x.shape[-1] == 3
     np.testing.assert_array_equal(x[..., 1:2], np.concatenate([b[0] for b in plain]))
@@ -186,11 +186,11 @@ def test_context_slices_give_neighbours_as_channels():
                                    im.min()) for c in range(3)], axis=-1)[None]
         for im in images for i in range(im.shape[2])])
     np.testing.assert_array_equal(x, expected)
-    train = slice_dataset(images, labels, patch_size=patch, batch_size=4, context=2)
+    train = slice_dataset(images, labels, patch_size=patch, batch_size=4, context_slices=2)
     xb, yb = next(iter(train))
     assert xb.shape == (4, *patch, 5) and yb.shape == (4, *patch)
     with pytest.raises(ValueError, match="context"):
-        slice_dataset(images, labels, patch_size=patch, context=-1)
+        slice_dataset(images, labels, patch_size=patch, context_slices=-1)
 
 
 def test_volume_slices():

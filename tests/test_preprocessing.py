@@ -102,7 +102,7 @@ def test_stack_neighbour_slices_by_hand(axis, context):
 
 
 def test_stack_neighbour_slices_bad_input():
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="context_slices must be >= 0"):
         pp.stack_neighbour_slices(np.zeros((2, 2, 2)), 2, -1)
     with pytest.raises(ValueError, match=r"\(X, Y, Z\)"):
         pp.stack_neighbour_slices(np.zeros((2, 2)), 0, 1)
