@@ -55,8 +55,8 @@ from scipy import ndimage
 import tensorflow as tf
 
 from medseg_tf.augment import random_augment
-from medseg_tf.preprocessing import neighbour_slice_indices
-from medseg_tf.runspec import check_context_slices, slices_per_sample
+from medseg_tf.preprocessing import neighbour_slice_indices, pad_to_shape
+from medseg_tf.runspec import DEFAULT_PATCH, check_context_slices, slices_per_sample
 
 __all__ = ["slice_dataset", "patch_dataset", "volume_slices"]
 
@@ -121,15 +121,11 @@ def _pad_to_at_least(image: np.ndarray, label: np.ndarray, size: Sequence[int | 
     ``size[i] = None`` leaves axis ``i`` alone. The image is padded with its
     minimum value, the label with 0.
     """
-    pads = []
-    for n, target in zip(image.shape, size):
-        extra = 0 if target is None else max(int(target) - n, 0)
-        pads.append((extra // 2, extra - extra // 2))
-    if not any(sum(p) for p in pads):
+    size = [n if target is None else target for n, target in zip(image.shape, size)]
+    if all(n >= t for n, t in zip(image.shape, size)):
         return image, label
     fill = float(image.min()) if image.size else 0.0
-    return (np.pad(image, pads, mode="constant", constant_values=fill),
-            np.pad(label, pads, mode="constant", constant_values=0))
+    return pad_to_shape(image, size, value=fill)[0], pad_to_shape(label, size, value=0)[0]
 
 
 def _foreground_by_class(label: np.ndarray) -> dict[int, np.ndarray]:
@@ -365,7 +361,7 @@ def slice_dataset(
     labels: Sequence[np.ndarray],
     *,
     axis: int = 2,
-    patch_size: Sequence[int] = (64, 64),
+    patch_size: Sequence[int] = DEFAULT_PATCH[2],
     batch_size: int = 16,
     training: bool = True,
     seed: int = 0,
@@ -447,7 +443,7 @@ def patch_dataset(
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
     *,
-    patch_size: Sequence[int] = (48, 64, 48),
+    patch_size: Sequence[int] = DEFAULT_PATCH[3],
     batch_size: int = 2,
     training: bool = True,
     seed: int = 0,

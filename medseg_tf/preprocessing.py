@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from medseg_tf.runspec import check_context_slices
+from medseg_tf.runspec import check_context_slices, round_up
 
 from medseg_tf.errors import ConfigError, DataError
 
@@ -306,7 +306,7 @@ def pad_to_multiple(array: np.ndarray, multiple: int | Sequence[int], *, n_spati
         Pass to :func:`unpad` to get the original extent back.
     """
     mult = [multiple] * n_spatial if np.isscalar(multiple) else list(multiple)
-    target = [int(np.ceil(n / m) * m) for n, m in zip(array.shape[:n_spatial], mult)]
+    target = [round_up(n, m) for n, m in zip(array.shape[:n_spatial], mult)]
     return pad_to_shape(array, target, mode=mode, value=value)
 
 

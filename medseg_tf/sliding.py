@@ -26,7 +26,7 @@ import numpy as np
 
 from medseg_tf import io, preprocessing
 from medseg_tf.errors import DataError
-from medseg_tf.runspec import RunSpec
+from medseg_tf.runspec import RunSpec, round_up
 
 __all__ = [
     "gaussian_importance_map",
@@ -105,7 +105,7 @@ def sliding_window_starts(size: int, patch: int, overlap: float = 0.5) -> list[i
 
 def padded_target(shape: Sequence[int], divisor: int, minimum: Sequence[int] | None = None) -> list[int]:
     """Each size rounded up to a multiple of ``divisor``, and at least ``minimum`` if given."""
-    target = [int(math.ceil(n / divisor) * divisor) for n in shape]
+    target = [round_up(n, divisor) for n in shape]
     if minimum is not None:
         target = [max(t, int(m)) for t, m in zip(target, minimum)]
     return target
