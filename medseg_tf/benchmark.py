@@ -716,6 +716,11 @@ def with_precision(model, precision: str):
     return clone
 
 
+def _effective_xla(xla: bool) -> bool:
+    """XLA as it will run: asked for on TensorFlow; always on under JAX (without ``jit`` JAX runs op by op)."""
+    return bool(xla) if keras.backend.backend() == "tensorflow" else keras.backend.backend() == "jax" or bool(xla)
+
+
 def _median_rate(ends: Sequence[float], warmup: int, steps: int, repeats: int, samples: int) -> tuple[float, float]:
     """Median samples/s and ms/step over ``repeats`` windows of ``steps`` steps after ``warmup`` steps."""
     rates = []
@@ -756,7 +761,8 @@ def measure_training_synthetic(dims: int, batch_size: int, patch_size: Sequence[
     total = warmup_steps + steps * repeats
     reset = reset_peak_rss()
     net = build_unet(dims, model, in_channels=in_channels, num_classes=num_classes, precision=precision)
-    net.compile(optimizer=keras.optimizers.Adam(1e-3), loss=DiceCELoss(), jit_compile=bool(xla))
+    xla = _effective_xla(xla)
+    net.compile(optimizer=keras.optimizers.Adam(1e-3), loss=DiceCELoss(), jit_compile=xla)
     timer = _StepTimer()
     xs, ys = np.concatenate([x] * total), np.concatenate([y] * total)
     net.fit(xs, ys, batch_size=int(batch_size), epochs=1, shuffle=False, verbose=0, callbacks=[timer])
@@ -790,8 +796,8 @@ def measure_model_call(net, volume: Sequence[int], *, dims: int, in_channels: in
     else:
         x = rng.standard_normal((int(batch_size) * volume[2], *volume[:2], in_channels), dtype=np.float32)
         per_volume_flops = forward_flops(net, volume[:2]) * volume[2]
-    if xla:
-        net.compile(jit_compile=True)
+    xla = _effective_xla(xla)
+    net.compile(jit_compile=xla)
     chunk = x.shape[0] if dims == 3 else int(slice_batch)
 
     def call():
@@ -1006,7 +1012,7 @@ def bench(*, dims: Sequence[int] = (3,), models: Sequence[str | os.PathLike] = (
             kwargs = dict(model_kwargs) if model_kwargs else ref["model"]
             patch = tuple(patch_size) if patch_size and len(patch_size) == d else tuple(ref["patch_size"])
             if quick:
-                kwargs, patch = {"depth": 2, "base_filters": 4}, (16,) * d
+                kwargs, patch = {"depth": 1, "base_filters": 4}, (16,) * d
             sizes = list(batch_sizes) if batch_sizes else [1 if quick else ref["batch_size"]]
             for prec in precisions:
                 for jit in xla:
