@@ -338,8 +338,8 @@ def write_msd_dataset(out_dir: str | os.PathLike, cases: list[tuple[str, np.ndar
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
-            raise OverwriteError(f"{out_dir}: folder exists and is not empty; pass overwrite=True "
-                                 "(or --overwrite) to replace it")
+            raise OverwriteError(f"{out_dir}: folder exists and is not empty; pass --overwrite (overwrite=True) "
+                                 "to replace it")
         if not (out_dir / "dataset.json").is_file():
             raise OverwriteError(f"{out_dir}: refusing to replace a folder that is not an MSD data set")
         foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in MSD_OUTPUTS)

@@ -168,7 +168,7 @@ def save_nifti(data: np.ndarray, path: str | os.PathLike, *, affine: np.ndarray 
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise OverwriteError(f"{path}: already exists; pass overwrite=True to replace it")
+        raise OverwriteError(f"{path}: already exists; pass --overwrite (overwrite=True) to replace it")
     data = np.asarray(data)
     header = None
     if reference is not None:

@@ -76,15 +76,15 @@ def _prepare_run_dir(run_dir: Path, config: RunSpec, *, overwrite: bool, resume:
         return 0
     if (run_dir / "summary.json").is_file():
         if not overwrite:
-            raise OverwriteError(f"{run_dir}: holds a complete training run; pass overwrite=True "
-                                 "(or choose another out_dir) to replace it")
+            raise OverwriteError(f"{run_dir}: holds a complete training run; pass --overwrite (overwrite=True) "
+                                 "(or choose another --out) to replace it")
         _clean_run_dir(run_dir)
         return 0
     saved_path = run_dir / "config.json"
     if not saved_path.is_file():
         if not overwrite:
             raise OverwriteError(f"{run_dir}: folder is not empty and holds no run (no config.json); "
-                                 "choose another out_dir or pass overwrite=True")
+                                 "choose another --out or pass --overwrite (overwrite=True)")
         _clean_run_dir(run_dir)
         return 0
     try:
@@ -97,9 +97,9 @@ def _prepare_run_dir(run_dir: Path, config: RunSpec, *, overwrite: bool, resume:
             _clean_run_dir(run_dir)
         return epoch
     if not overwrite:
-        why = "with a different config" if not same else "and resume=False"
-        raise OverwriteError(f"{run_dir}: holds an interrupted run {why}; pass overwrite=True to "
-                             "start over" + (" or resume=True to continue it" if same else ""))
+        why = "with a different config" if not same else "and resume=False (--no-resume)"
+        raise OverwriteError(f"{run_dir}: holds an interrupted run {why}; pass --overwrite (overwrite=True) to "
+                             "start over" + (" or resume it (resume=True, no --no-resume)" if same else ""))
     _clean_run_dir(run_dir)
     return 0
 
