@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "model.keras, history.csv, logs/). Options given here override the config "
                                    "file. An interrupted run resumes from its last completed epoch.")
     p.add_argument("--config", type=Path, help="run spec JSON file (see configs/ and medseg_tf.runspec)")
-    p.add_argument("--data", help="MSD folder, or 'phantom' / 'hippocampus' for the course data sets")
+    p.add_argument("--data", help="MSD folder, or a course data set: phantom, hippocampus or hippocampus_sample")
     p.add_argument("--dims", type=int, choices=(2, 3), default=None, help="2D slices or 3D patches")
     p.add_argument("--context-slices", type=NON_NEGATIVE_INT,
                    help="2D only: neighbouring slices on each side given as extra channels (2.5D; default 0)")

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg_tf import settings
 from medseg_tf.errors import DataError, OverwriteError
 from medseg_tf.io import Volume, case_id, load_nifti, nifti_files, reorient_to_ras, save_nifti
 
@@ -418,35 +417,8 @@ def check_dataset(root: str | os.PathLike):
 
 
 def course_dataset(name: str | None = None) -> MSDDataset:
-    """The data set the notebooks use, chosen by the settings.
+    """Moved to :func:`medseg_tf.sources.course_dataset` (kept here for notebooks written before)."""
+    from medseg_tf.sources import course_dataset as resolve  # the resolver sits above this module
 
-    Parameters
-    ----------
-    name : {"phantom", "hippocampus"}, optional
-        Default: ``settings.dataset_name()`` (``MEDSEG_DATASET``).
+    return resolve(name)
 
-    ``phantom`` is generated under ``settings.phantom_dir()`` on first use
-    (deterministic, a few seconds); ``hippocampus`` is read from
-    ``settings.hippocampus_dir()`` and must exist (download it with
-    ``python -m medseg_tf data download Task04_Hippocampus --out data``).
-    """
-    name = name or settings.dataset_name()
-    if name == "phantom":
-        from medseg_tf.phantom import DEFAULT_CASES, write_phantom_dataset
-
-        root = settings.phantom_dir()
-        if not (root / "dataset.json").is_file():
-            try:
-                write_phantom_dataset(root, n_cases=DEFAULT_CASES, seed=0)
-            except (OverwriteError, OSError):
-                if not (root / "dataset.json").is_file():  # not written meanwhile by another process
-                    raise
-        return MSDDataset(root)
-    if name == "hippocampus":
-        root = settings.hippocampus_dir()
-        if not (root / "dataset.json").is_file():
-            raise DataError(root, "MSD Task04 Hippocampus not found. Download it with "
-                                  "`python -m medseg_tf data download Task04_Hippocampus --out data`, or set "
-                                  "MEDSEG_HIPPOCAMPUS_DIR to a folder holding dataset.json, imagesTr/, labelsTr/")
-        return MSDDataset(root)
-    raise ValueError(f"unknown data set {name!r}: expected one of {settings.DATASETS}")

@@ -23,7 +23,7 @@ What happens, in order:
    mixed precision (``mixed_float16``) and XLA compilation. ``"auto"`` turns both
    on only on a GPU: on this course's 2-core CPU XLA made 2D training 1.3x and
    3D training ~10x *slower*, and CPUs have no fast float16.
-2. **Data**: the cases of an MSD folder (:func:`open_dataset`) are split by case,
+2. **Data**: the cases of an MSD folder (:func:`medseg_tf.sources.open_dataset`) are split by case,
    never by slice (:func:`medseg_tf.datasets.split_cases`, seeded); each image
    is z-scored per volume after clipping to its 0.5-99.5 % percentiles (the
    normalisation :mod:`medseg_tf.inference` applies) and, if
@@ -70,7 +70,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from medseg_tf import settings
 from medseg_tf.callbacks import (EpochLogger, TensorBoardScalars, ThrottledProgbar, _LearningRateLogger,
                                  _resolve_verbose)
 from medseg_tf.distributed import fit_distributed
@@ -82,6 +81,7 @@ from medseg_tf.runfolder import (LOCK_FILE, RUN_DIRS, RUN_FILES, _backup_dir,  #
 from medseg_tf.runspec import LOSS_NAMES, RunSpec, name_and_kwargs, round_up
 from medseg_tf.runtime import Runtime, _dtype_policy, describe_runtime, resolve_runtime
 from medseg_tf.schedules import OPTIMIZERS, SCHEDULES, PolyDecay, make_optimizer, make_schedule
+from medseg_tf.sources import open_dataset
 
 __all__ = [
     "TrainConfig",
@@ -116,20 +116,6 @@ def _loss_name_kwargs(spec) -> tuple[str, dict]:
 
 
 # =========================================================================== data
-
-
-def open_dataset(data: str):
-    """The :class:`medseg_tf.datasets.MSDDataset` named by ``TrainConfig.data``.
-
-    ``"phantom"`` and ``"hippocampus"`` go through
-    :func:`medseg_tf.datasets.course_dataset` (the phantom is generated if
-    missing); anything else is the path of an MSD folder.
-    """
-    from medseg_tf.datasets import MSDDataset, course_dataset
-
-    if data in settings.DATASETS:
-        return course_dataset(data)
-    return MSDDataset(Path(data).expanduser())
 
 
 def load_volumes(dataset, case_ids: Sequence[str], *, target_spacing: Sequence[float] | None = None,

@@ -7,7 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medseg_tf.datasets import MSDDataset, check_dataset, course_dataset, split_cases, write_msd_dataset
+from medseg_tf.datasets import MSDDataset, check_dataset, split_cases, write_msd_dataset
+from medseg_tf.sources import course_dataset, open_dataset
 from medseg_tf.errors import DataError, OverwriteError
 
 
@@ -146,6 +147,27 @@ def test_course_dataset_hippocampus_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDSEG_HIPPOCAMPUS_DIR", str(tmp_path / "none"))
     with pytest.raises(DataError, match="data download Task04_Hippocampus"):
         course_dataset("hippocampus")
+
+
+def test_one_resolver_for_names_and_folders(phantom_root):
+    from medseg_tf import settings
+    from medseg_tf.errors import ConfigError
+
+    sample = open_dataset("hippocampus_sample")
+    assert sample.root == settings.hippocampus_sample_dir() and len(sample) == 8
+    assert open_dataset(str(phantom_root)).root == phantom_root
+    with pytest.raises(ConfigError, match="MEDSEG_DATASET"):
+        course_dataset("hippocampus_sample")  # the course switch takes phantom or hippocampus only
+
+
+def test_datasets_and_phantom_do_not_import_each_other_at_import_time():
+    import subprocess
+    import sys
+
+    code = ("import sys, medseg_tf.datasets; assert 'medseg_tf.phantom' not in sys.modules; "
+            "import medseg_tf.phantom; assert 'medseg_tf.sources' not in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_real_hippocampus_cases(hippocampus_root):
