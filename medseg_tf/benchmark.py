@@ -706,12 +706,22 @@ def build_unet(dims: int, model_kwargs: Mapping | None = None, *, in_channels: i
 def with_precision(model, precision: str):
     """A copy of a trained Keras model whose layers compute under ``precision`` (same weights).
 
-    ``"float32"`` returns the model itself.
+    Every layer but the output activations gets the dtype policy ``precision``
+    (a clone keeps each layer's own policy, so the global policy would not
+    reach it). ``"float32"`` returns the model itself.
     """
     if precision == "float32":
         return model
-    with _Policy(precision):
-        clone = keras.models.clone_model(model)
+    _Policy(precision)  # checks the name
+    heads = {t._keras_history[0].name for t in model.outputs}  # the output activations stay float32
+
+    def recast(layer):
+        config = layer.get_config()
+        if layer.name not in heads and "dtype" in config:
+            config["dtype"] = precision
+        return layer.__class__.from_config(config)
+
+    clone = keras.models.clone_model(model, clone_function=recast)
     clone.set_weights(model.get_weights())
     return clone
 

@@ -168,3 +168,112 @@ def test_script_argument_handling():
         script.parse_args(["--dims", "4"])
     assert script._without(["--dims", "2", "3", "--steps", "5", "--out=x.csv", "--jit", "on"],
                            ("--dims", "--out", "--jit")) == ["--steps", "5"]
+
+
+# =========================================================================== `bench`
+
+
+def test_forward_flops_counts_convolutions_by_hand():
+    inp = keras.Input((None, None, None, 2))
+    h = keras.layers.Conv3D(4, 3, padding="same")(inp)               # 2 * 8*8*8 * 27 * 2 * 4
+    h = keras.layers.MaxPooling3D(2)(h)
+    h = keras.layers.Conv3DTranspose(3, 2, strides=2)(h)             # 2 * 4*4*4 * 8 * 4 * 3
+    out = keras.layers.Conv3D(2, 1)(h)                                # 2 * 8*8*8 * 1 * 3 * 2
+    model = keras.Model(inp, out)
+    expected = 2 * 512 * 27 * 2 * 4 + 2 * 64 * 8 * 4 * 3 + 2 * 512 * 3 * 2
+    assert benchmark.forward_flops(model, (8, 8, 8)) == expected
+    # the reference 3D U-Net on a padded hippocampus volume: the 15.8 GFLOP quoted in the issue
+    net = benchmark.build_unet(3, {"depth": 4, "base_filters": 16, "max_filters": 64})
+    assert benchmark.forward_flops(net, (48, 64, 48)) / 1e9 == pytest.approx(15.76, abs=0.01)
+
+
+def test_cpu_name_and_machine_info(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14 96-Core Processor\n")
+    assert benchmark.cpu_name(info) == "AMD EPYC 9R14 96-Core Processor"
+    assert benchmark.cpu_name(tmp_path / "missing")  # falls back to platform
+    machine = benchmark.machine_info()
+    assert machine["backend"] == keras.backend.backend() and machine["keras"] == keras.__version__
+    assert machine["cores"] >= 1 and machine["numpy"] == np.__version__
+
+
+def test_matmul_peak_and_precision_policies():
+    assert benchmark.matmul_peak_gflops(128, 2) > 0
+    net = benchmark.build_unet(2, {"depth": 1, "base_filters": 4}, precision="mixed_bfloat16")
+    assert net.layers[1].compute_dtype == "bfloat16" and net.layers[1].variable_dtype == "float32"
+    assert net.output.dtype == "float32"  # the head computes in float32
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    same = benchmark.with_precision(net, "float32")
+    assert same is net
+    f32 = benchmark.build_unet(2, {"depth": 1, "base_filters": 4})
+    bf16 = benchmark.with_precision(f32, "mixed_bfloat16")
+    assert bf16.layers[1].compute_dtype == "bfloat16"
+    x = np.random.default_rng(0).standard_normal((1, 16, 16, 1)).astype(np.float32)
+    np.testing.assert_allclose(bf16.predict_on_batch(x), f32.predict_on_batch(x), atol=0.05)
+    with pytest.raises(ValueError, match="precision"):
+        benchmark.build_unet(2, precision="float8")
+
+
+def test_training_and_model_call_rows_are_consistent():
+    row = benchmark.measure_training_synthetic(2, 2, (16, 16), model={"depth": 1, "base_filters": 4}, steps=2,
+                                               warmup_steps=1, repeats=2)
+    assert set(row) <= set(benchmark.BENCH_COLUMNS)
+    assert row["kind"] == "train" and row["data"] == "synthetic" and row["model"] == "unet d1 f4"
+    assert row["ms_per_batch"] * row["samples_per_s"] / 1000 == pytest.approx(2)
+    assert row["achieved_gflops"] == pytest.approx(3 * row["gflop_per_sample"] * row["samples_per_s"])
+    net = benchmark.build_unet(3, {"depth": 1, "base_filters": 4})
+    call = benchmark.measure_model_call(net, (16, 16, 8), dims=3, batch_size=2, repeats=2)
+    assert call["ms_per_volume"] * 2 == pytest.approx(call["ms_per_batch"])
+    assert call["gflop_per_sample"] == pytest.approx(benchmark.forward_flops(net, (16, 16, 8)) / 1e9)
+    assert call["params"] == net.count_params()
+
+
+def test_bench_csv_round_trip(tmp_path):
+    path = tmp_path / "bench.csv"
+    row = {"kind": "infer", "device": "CPU (2 cores)", "samples_per_s": 12.3456789, "xla": False,
+           "peak_device_mb": float("nan")}
+    benchmark.append_bench([row, dict(row, kind="train")], path, command="python -m medseg_tf bench --quick")
+    df = benchmark.read_bench(path)
+    assert list(df.columns) == list(benchmark.BENCH_COLUMNS) and df["kind"].tolist() == ["infer", "train"]
+    assert df["samples_per_s"].iloc[0] == pytest.approx(12.3457) and math.isnan(df["peak_device_mb"].iloc[0])
+    with pytest.raises(ValueError, match="unknown bench column"):
+        benchmark.append_bench({"speed": 1}, path)
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match="other columns"):
+        benchmark.append_bench(row, other)
+    with pytest.raises(DataError, match="not found"):
+        benchmark.read_bench(tmp_path / "missing.csv")
+
+
+@pytest.mark.slow
+def test_bench_command_quick(tmp_path, capsys):
+    from medseg_tf.cli import main
+
+    out = tmp_path / "bench.csv"
+    assert main(["bench", "--quick", "--dims", "3", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "matmul peak" in printed and "appended 2 row(s)" in printed
+    df = benchmark.read_bench(out)
+    assert df["kind"].tolist() == ["train", "infer"] and (df["samples_per_s"] > 0).all()
+    assert (df["peak_fraction"] > 0).all() and (df["matmul_peak_gflops"] > 0).all()
+    assert df["command"].iloc[0].startswith("python -m medseg_tf")
+    # end to end on the shipped ONNX model and two sample cases: Dice and agreement with the first model
+    model = ROOT / "models" / "hippocampus_3d" / "model.onnx"
+    assert main(["bench", "--quick", "--model", str(model), str(model), "--cases", "2", "--out", str(out),
+                 "--no-progress"]) == 0
+    df = benchmark.read_bench(out)
+    assert len(df) == 4 and df["source"].iloc[2] == "onnx"
+    assert df["dice_mean"].iloc[2] > 0.8 and df["agreement"].iloc[3] == 1.0
+
+
+def test_bench_command_bad_input(tmp_path, capsys):
+    from medseg_tf.cli import main
+
+    assert main(["bench", "--model", str(tmp_path / "missing.onnx"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing.onnx" in err and "not found" in err
+    assert main(["bench", "--quick", "--out", str(tmp_path / "x.txt")]) == 1
+    assert ".csv" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--precision", "float64"])
