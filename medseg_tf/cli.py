@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from medseg_tf.errors import ConfigError, MedsegError, OverwriteError
-from medseg_tf.runspec import LOSS_NAMES, NORMS, OPTIMIZER_NAMES, SCHEDULES
+from medseg_tf.runspec import CHECKPOINTS, LOSS_NAMES, NORMS, OPTIMIZER_NAMES, SCHEDULES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -140,21 +140,27 @@ def _cmd_data_check(args) -> int:
     return 1 if len(bad) else 0
 
 
-def _cmd_train(args) -> int:
-    from medseg_tf.training import TrainConfig, train
+def _spec_from_args(args, command: str):
+    """The run spec of ``--config`` (or the defaults) with the options given on the command line."""
+    from medseg_tf.runspec import RunSpec
 
     if not args.config and not args.data:
-        raise SystemExit("train: give --config FILE.json, or --data DIR (or 'phantom') with --dims")
-    config = TrainConfig.from_json(args.config) if args.config else TrainConfig(data=str(args.data))
+        raise ConfigError(None, f"{command}: give --config FILE.json, or --data DIR (or 'phantom') with --dims")
+    config = RunSpec.from_json(args.config) if args.config else RunSpec(data=str(args.data))
     changes = {k: v for k, v in {
         "data": str(args.data) if args.data else None, "dims": args.dims, "epochs": args.epochs,
         "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size,
         "patch_size": tuple(args.patch_size) if args.patch_size else None, "loss": args.loss,
         "optimizer": args.optimizer, "learning_rate": args.lr, "schedule": args.schedule, "seed": args.seed,
         "max_cases": args.max_cases, "val_fraction": args.val_fraction,
-        "context_slices": args.context_slices,
+        "context_slices": args.context_slices, "checkpoint": args.checkpoint,
         "out_dir": str(args.out) if args.out else None,
     }.items() if v is not None}
+    if getattr(args, "folds", None) is not None:
+        changes["folds"] = args.folds
+        changes["fold"] = getattr(args, "fold", None) or 0
+    elif getattr(args, "fold", None) is not None:
+        changes["fold"] = args.fold
     if args.dims and args.dims != config.dims and not args.patch_size:
         changes["patch_size"] = None  # the default patch of the new dimensionality
     if args.no_augment:
@@ -163,10 +169,30 @@ def _cmd_train(args) -> int:
                                        "max_filters": args.max_filters, "norm": args.norm}.items() if v is not None}
     if model_changes:
         changes["model"] = {**config.model, **model_changes}
-    if changes:
-        config = config.replace(**changes)
-    run_dir = train(config, overwrite=args.overwrite, resume=not args.no_resume, verbose=2)
+    return config.replace(**changes) if changes else config
+
+
+def _cmd_train(args) -> int:
+    from medseg_tf.training import train
+
+    run_dir = train(_spec_from_args(args, "train"), overwrite=args.overwrite, resume=not args.no_resume,
+                    verbose=2)
     print(f"run folder: {run_dir}")
+    return 0
+
+
+def _cmd_cv(args) -> int:
+    import pandas as pd
+
+    from medseg_tf.crossval import cross_validate, summarize_folds
+
+    spec = _spec_from_args(args, "cv")
+    table = cross_validate(spec, args.out or f"cv_{Path(spec.data).name}_{spec.dims}d", folds=args.folds,
+                           checkpoint=args.checkpoint or "last", overwrite=args.overwrite)
+    with pd.option_context("display.width", 160):
+        print(summarize_folds(table).to_string(float_format=lambda v: f"{v:.4f}"))
+    print(f"\n{len(table)} case-class rows from {args.folds} folds; each case scored by the model that did not "
+          "train on it (Dice: per case, then averaged)")
     return 0
 
 
@@ -315,6 +341,33 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _add_spec_options(p) -> None:
+    """The run-spec options shared by ``train`` and ``cv`` (they override the ``--config`` file)."""
+    p.add_argument("--config", type=Path, help="run spec JSON file (see configs/ and medseg_tf.runspec)")
+    p.add_argument("--data", help="MSD folder, or a course data set: phantom, hippocampus or hippocampus_sample")
+    p.add_argument("--dims", type=int, choices=(2, 3), default=None, help="2D slices or 3D patches")
+    p.add_argument("--context-slices", type=NON_NEGATIVE_INT,
+                   help="2D only: neighbouring slices on each side given as extra channels (2.5D; default 0)")
+    p.add_argument("--epochs", type=POSITIVE_INT, help="number of epochs")
+    p.add_argument("--steps-per-epoch", type=POSITIVE_INT, help="training batches per epoch")
+    p.add_argument("--batch-size", type=POSITIVE_INT, help="batch size per replica (the global batch is this times the number of replicas)")
+    p.add_argument("--patch-size", type=POSITIVE_INT, nargs="+", help="training crop in voxels (2 or 3 ints)")
+    p.add_argument("--loss", choices=LOSS_NAMES, help="training loss")
+    p.add_argument("--optimizer", choices=OPTIMIZER_NAMES, help="optimizer (sgd: nnU-Net's Nesterov SGD)")
+    p.add_argument("--lr", type=POSITIVE_FLOAT, help="initial learning rate")
+    p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, help="random seed (split, sampling, augmentation, weights)")
+    p.add_argument("--max-cases", type=_number(int, low=2), help="use only the first N cases")
+    p.add_argument("--val-fraction", type=OPEN_FRACTION, help="share of cases held out for validation")
+    p.add_argument("--depth", type=POSITIVE_INT, help="U-Net depth (number of poolings)")
+    p.add_argument("--base-filters", type=POSITIVE_INT, help="filters of the first level")
+    p.add_argument("--max-filters", type=POSITIVE_INT, help="cap on the filters of any level (default: no cap)")
+    p.add_argument("--norm", choices=NORMS, help="normalisation layer")
+    p.add_argument("--no-augment", action="store_true", help="no data augmentation")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS,
+                   help="keep the best validation epoch (train's default) or the last one (cv's default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m medseg_tf``."""
     parser = _Parser(
@@ -390,31 +443,24 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a 2D or 3D U-Net and write a run folder (config.json, split.json, "
                                    "model.keras, history.csv, logs/). Options given here override the config "
                                    "file. An interrupted run resumes from its last completed epoch.")
-    p.add_argument("--config", type=Path, help="run spec JSON file (see configs/ and medseg_tf.runspec)")
-    p.add_argument("--data", help="MSD folder, or a course data set: phantom, hippocampus or hippocampus_sample")
-    p.add_argument("--dims", type=int, choices=(2, 3), default=None, help="2D slices or 3D patches")
-    p.add_argument("--context-slices", type=NON_NEGATIVE_INT,
-                   help="2D only: neighbouring slices on each side given as extra channels (2.5D; default 0)")
-    p.add_argument("--epochs", type=POSITIVE_INT, help="number of epochs")
-    p.add_argument("--steps-per-epoch", type=POSITIVE_INT, help="training batches per epoch")
-    p.add_argument("--batch-size", type=POSITIVE_INT, help="batch size per replica (the global batch is this times the number of replicas)")
-    p.add_argument("--patch-size", type=POSITIVE_INT, nargs="+", help="training crop in voxels (2 or 3 ints)")
-    p.add_argument("--loss", choices=LOSS_NAMES, help="training loss")
-    p.add_argument("--optimizer", choices=OPTIMIZER_NAMES, help="optimizer (sgd: nnU-Net's Nesterov SGD)")
-    p.add_argument("--lr", type=POSITIVE_FLOAT, help="initial learning rate")
-    p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
-    p.add_argument("--seed", type=NON_NEGATIVE_INT, help="random seed (split, sampling, augmentation, weights)")
-    p.add_argument("--max-cases", type=_number(int, low=2), help="use only the first N cases")
-    p.add_argument("--val-fraction", type=OPEN_FRACTION, help="share of cases held out for validation")
-    p.add_argument("--depth", type=POSITIVE_INT, help="U-Net depth (number of poolings)")
-    p.add_argument("--base-filters", type=POSITIVE_INT, help="filters of the first level")
-    p.add_argument("--max-filters", type=POSITIVE_INT, help="cap on the filters of any level (default: no cap)")
-    p.add_argument("--norm", choices=NORMS, help="normalisation layer")
-    p.add_argument("--no-augment", action="store_true", help="no data augmentation")
+    _add_spec_options(p)
+    p.add_argument("--folds", type=_number(int, low=2), help="cross-validation folds (train one fold: --fold)")
+    p.add_argument("--fold", type=NON_NEGATIVE_INT, help="the fold validated on, 0 .. folds-1")
     p.add_argument("--out", type=Path, help="run folder (default runs/<data>_<dims>d)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing complete run folder")
     p.add_argument("--no-resume", action="store_true", help="do not resume an interrupted run")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("cv", help="k-fold cross-validation of a recipe: one model per fold, every case scored once",
+                       description="Train one model per fold (run folders OUT/fold_<k>), predict each fold's "
+                                   "validation cases with the model that did not train on them, and write "
+                                   "OUT/cv_metrics.csv and OUT/cv_summary.csv. Each fold keeps its last epoch "
+                                   "by default, so no validation case chooses anything.")
+    _add_spec_options(p)
+    p.add_argument("--folds", type=_number(int, low=2), default=5, help="number of folds (default 5)")
+    p.add_argument("--out", type=Path, help="folder of the fold runs and tables (default runs/cv_<data>_<dims>d)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing fold runs and tables")
+    p.set_defaults(func=_cmd_cv)
 
     p = sub.add_parser("predict", help="segment whole volumes with a trained model",
                        description="Predict label maps for every image of a folder (MSD imagesTs/-like, or an "
@@ -534,9 +580,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
-        given = exc.key is not None and getattr(args, exc.key, None) is not None
-        where = _flag(exc.key) if given else (f"config key {exc.key!r}" if exc.key else "config")
-        print(f"error: {where}: {exc.problem}", file=sys.stderr)
+        if exc.key is None:
+            print(f"error: {exc.problem}", file=sys.stderr)
+        else:
+            given = getattr(args, exc.key, None) is not None
+            print(f"error: {_flag(exc.key) if given else f'config key {exc.key!r}'}: {exc.problem}", file=sys.stderr)
         return 1
     except MedsegError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -29,7 +29,7 @@ from medseg_tf.errors import DataError, OverwriteError
 from medseg_tf.io import Volume, case_id, load_nifti, nifti_files, reorient_to_ras, save_nifti
 
 __all__ = ["Case", "MSDDataset", "write_msd_dataset", "check_dataset", "course_dataset",
-           "split_cases"]
+           "split_cases", "kfold_split"]
 
 #: Maximum difference between image and label affines still counted as equal (mm).
 AFFINE_TOLERANCE = 1e-3
@@ -290,6 +290,33 @@ def split_cases(case_ids: list[str], val_fraction: float = 0.2, seed: int = 0) -
     train = [c for i, c in enumerate(case_ids) if i not in val_idx]
     val = [c for i, c in enumerate(case_ids) if i in val_idx]
     return train, val
+
+
+def kfold_split(case_ids: list[str], folds: int, fold: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Fold ``fold`` of a seeded ``folds``-fold split of case ids: (training cases, validation cases).
+
+    The cases are shuffled once with ``seed``; fold ``k`` validates on every ``folds``-th case of that
+    order starting at ``k``, so the folds' validation sets are disjoint and together hold every case
+    exactly once (cross-validation: each case is predicted by the one model that never saw it).
+
+    >>> train, val = kfold_split([f"c{i}" for i in range(5)], folds=5, fold=0)
+    >>> len(train), len(val)
+    (4, 1)
+
+    Returns
+    -------
+    train, val : list of str
+        Both in the original order.
+    """
+    n = len(case_ids)
+    if not 2 <= folds <= n:
+        raise ValueError(f"folds must be in 2..{n} (the number of cases), got {folds}")
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold must be in 0..{folds - 1}, got {fold}")
+    order = np.random.default_rng(seed).permutation(n)
+    val_idx = set(order[fold::folds].tolist())
+    return ([c for i, c in enumerate(case_ids) if i not in val_idx],
+            [c for i, c in enumerate(case_ids) if i in val_idx])
 
 
 def image_files(folder: str | os.PathLike) -> list[Path]:

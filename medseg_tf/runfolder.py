@@ -146,7 +146,8 @@ def lock_run_dir(run_dir: Path):
         handle.close()
 
 
-def _write_summary(run_dir: Path, runtime: Runtime, seconds: float, *, resumed_from: int) -> None:
+def _write_summary(run_dir: Path, runtime: Runtime, seconds: float, *, resumed_from: int,
+                   checkpoint: str = "best") -> None:
     rows = read_history(run_dir / "history.csv")
     scored = [r for r in rows if isinstance(r.get("val_dice_mean"), float)]
     best = max(scored, key=lambda r: r["val_dice_mean"]) if scored else {}
@@ -157,6 +158,8 @@ def _write_summary(run_dir: Path, runtime: Runtime, seconds: float, *, resumed_f
         "best_val_dice": {k[len("val_dice_"):]: v for k, v in best.items()
                           if k.startswith("val_dice_") and k != "val_dice_mean"},
         "final_val_dice_mean": scored[-1]["val_dice_mean"] if scored else float("nan"),
+        "checkpoint": checkpoint,
+        "kept_epoch": (int(best.get("epoch", -1)) + 1) if checkpoint == "best" else len(rows),
         "seconds_this_session": round(seconds, 1),
         "resumed_from_epoch": resumed_from,
         "runtime": runtime.describe(),

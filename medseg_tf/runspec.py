@@ -43,6 +43,7 @@ __all__ = [
     "UNET_KEYWORDS",
     "UNET_DEFAULT_DEPTH",
     "DEFAULT_PATCH",
+    "CHECKPOINTS",
     "flip_axes",
     "round_up",
     "check_context_slices",
@@ -64,6 +65,8 @@ UNET_KEYWORDS = ("depth", "base_filters", "kernel_size", "norm", "activation", "
                  "deep_supervision", "dropout", "head", "skips", "max_filters", "name")
 #: The U-Net depth when ``model`` does not set one (the default of :func:`medseg_tf.models.unet`).
 UNET_DEFAULT_DEPTH = 4
+#: Which model a run keeps: the epoch with the best validation Dice, or the last epoch.
+CHECKPOINTS = ("best", "last")
 #: Training patch (voxels) when ``patch_size`` is not given.
 DEFAULT_PATCH = {2: (64, 64), 3: (48, 64, 48)}
 
@@ -234,6 +237,15 @@ class RunSpec(Mapping):
         mirrored (see :attr:`mirror_axes`); give them only where the anatomy is mirror-symmetric.
     from_logits : bool
         The model outputs logits (softmax is applied at prediction) instead of probabilities.
+    folds : int or None
+        Cross-validation: split the cases into this many folds (seeded by ``seed``) and validate on fold
+        :attr:`fold` (:func:`medseg_tf.datasets.kfold_split`); None: one split by ``val_fraction``.
+    fold : int
+        The fold validated on (0 .. folds - 1).
+    checkpoint : str
+        ``"best"``: keep the epoch with the best validation Dice (then the validation cases chose the
+        model, and their Dice is optimistic); ``"last"``: keep the last epoch (the validation cases stay
+        unbiased judges, as in nnU-Net's cross-validation).
     """
 
     data: str = "phantom"
@@ -262,6 +274,9 @@ class RunSpec(Mapping):
     overlap: float = 0.5
     tta_axes: tuple[int, ...] | None = None
     from_logits: bool = False
+    folds: int | None = None
+    fold: int = 0
+    checkpoint: str = "best"
 
     def __post_init__(self):
         self.data = str(self.data)
@@ -347,6 +362,16 @@ class RunSpec(Mapping):
                 raise ConfigError("tta_axes", f"volume axes must be 0, 1 or 2, got {list(self.tta_axes)}")
         if not isinstance(self.from_logits, bool):
             raise ConfigError("from_logits", f"must be true or false, got {self.from_logits!r}")
+        if self.folds is not None:
+            self.folds = _as_int("folds", self.folds)
+            if self.folds < 2:
+                raise ConfigError("folds", f"must be >= 2 or null (a single split by val_fraction), got {self.folds}")
+        self.fold = _as_int("fold", self.fold)
+        if not 0 <= self.fold < (self.folds or 1):
+            raise ConfigError("fold", f"must be in 0..{(self.folds or 1) - 1}" +
+                                      ("" if self.folds else " without folds") + f", got {self.fold}")
+        if self.checkpoint not in CHECKPOINTS:
+            raise ConfigError("checkpoint", f"must be one of {', '.join(CHECKPOINTS)}, got {self.checkpoint!r}")
 
     # ---------------------------------------------------------------- derived values (computed here only)
 

@@ -6,7 +6,8 @@ results) and produces a *run folder*::
     runs/phantom_2d/
         config.json     # the TrainConfig used
         split.json      # {"train": [case ids], "val": [case ids]} (split by case, seeded)
-        model.keras     # the model of the epoch with the best val_dice_mean
+        model.keras     # the model of the epoch with the best val_dice_mean (checkpoint "best", the
+                        #   default) or of the last epoch (checkpoint "last")
         history.csv     # one row per epoch (column epoch counts from 0, as Keras writes it): loss,
                         #   dice_<class> (training batches), val_loss, val_dice_<class>, val_dice_mean,
                         #   learning_rate
@@ -273,11 +274,17 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, overwrite: bool 
         raise OverwriteError(f"{run_dir}: is a file, not a run folder; choose another out_dir (--out)")
 
     # read and check every input before the run folder is touched, so a failure leaves nothing behind
-    from medseg_tf.datasets import split_cases
+    from medseg_tf.datasets import kfold_split, split_cases
 
     dataset = open_dataset(config.data)
     case_ids = dataset.case_ids[: config.max_cases] if config.max_cases else dataset.case_ids
-    train_ids, val_ids = split_cases(case_ids, config.val_fraction, config.seed)
+    if config.folds:
+        if config.folds > len(case_ids):
+            raise ConfigError("folds", f"{config.folds} folds need at least as many cases, the data has "
+                                       f"{len(case_ids)}")
+        train_ids, val_ids = kfold_split(case_ids, config.folds, config.fold, config.seed)
+    else:
+        train_ids, val_ids = split_cases(case_ids, config.val_fraction, config.seed)
     if not train_ids or not val_ids:
         raise ConfigError("val_fraction", f"{len(case_ids)} case(s) cannot be split into training and "
                                           f"validation with val_fraction={config.val_fraction}")
@@ -326,7 +333,9 @@ def _train_locked(config: TrainConfig, runtime: Runtime, run_dir: Path, dataset,
     if runtime.is_chief:
         all_callbacks += [
             keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), monitor="val_dice_mean", mode="max",
-                                            save_best_only=True, initial_value_threshold=best_so_far),
+                                            save_best_only=config.checkpoint == "best",
+                                            initial_value_threshold=best_so_far if config.checkpoint == "best"
+                                            else None),
             keras.callbacks.CSVLogger(str(history_path), append=True),
             TensorBoardScalars(run_dir / "logs"),
         ]
@@ -352,7 +361,7 @@ def _train_locked(config: TrainConfig, runtime: Runtime, run_dir: Path, dataset,
         (run_dir / "backup").rmdir()
 
     if runtime.is_chief:
-        _write_summary(run_dir, runtime, seconds, resumed_from=initial_epoch)
+        _write_summary(run_dir, runtime, seconds, resumed_from=initial_epoch, checkpoint=config.checkpoint)
         if verbose:
             summary = json.loads((run_dir / "summary.json").read_text())
             print(f"best val_dice_mean {summary['best_val_dice_mean']:.4f} at epoch "

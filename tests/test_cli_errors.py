@@ -264,3 +264,9 @@ def test_extraction_killed_midway_leaves_no_litter_after_the_next_run(tmp_path):
     stale.mkdir(parents=True)
     tmp = _extract_to_temp(archive, tmp_path / "out", prefix="a.tar")
     assert not stale.exists() and (tmp / "Task" / "file.txt").read_bytes() == data
+
+
+def test_train_without_data_or_config(capsys):
+    code, err = run(capsys, "train")
+    assert code == 1
+    one_line(err, "give --config FILE.json, or --data")
