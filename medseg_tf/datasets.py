@@ -336,6 +336,31 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
+def prediction_plan(images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+                    overwrite: bool = False) -> list[tuple[Path, Path]]:
+    """(image, output label map) pairs for predicting a folder; refused before anything is written.
+
+    Every image of ``images_dir`` (:func:`image_files`) gets ``out_dir/<case>.nii.gz``.
+
+    Raises
+    ------
+    DataError
+        ``images_dir`` is missing or holds no images.
+    OverwriteError
+        An output exists and ``overwrite`` is False.
+    """
+    images_dir, out_dir = Path(images_dir), Path(out_dir)
+    if not images_dir.is_dir():
+        raise DataError(images_dir, "folder not found")
+    files = image_files(images_dir)
+    outputs = [out_dir / f"{case_id(f)}.nii.gz" for f in files]
+    existing = [p for p in outputs if p.exists()]
+    if existing and not overwrite:
+        raise OverwriteError(f"{existing[0]}: already exists ({len(existing)} of {len(outputs)} outputs do); "
+                             "pass --overwrite (overwrite=True) to replace them")
+    return list(zip(files, outputs))
+
+
 #: What :func:`write_msd_dataset` writes into its folder (and so all that ``overwrite`` may replace).
 MSD_OUTPUTS = ("dataset.json", "imagesTr", "labelsTr")
 

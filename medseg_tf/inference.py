@@ -50,8 +50,8 @@ import numpy as np
 from scipy import special
 
 from medseg_tf import io, preprocessing
-from medseg_tf.errors import ConfigError, DataError, OverwriteError
-from medseg_tf.datasets import image_files
+from medseg_tf.errors import ConfigError, DataError
+from medseg_tf.datasets import prediction_plan
 from medseg_tf.runspec import RunSpec, check_context_slices, slices_per_sample
 from medseg_tf.postprocessing import keep_largest_component
 from medseg_tf.sliding import gaussian_importance_map, predict_slices, predict_windows, sliding_window_starts
@@ -459,15 +459,8 @@ def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str
         if config is None:
             raise ValueError("pass config=... (the run spec or training configuration) together with a model")
         config = RunSpec.coerce(config)
-    images_dir, out_dir = Path(images_dir), Path(out_dir)
-    if not images_dir.is_dir():
-        raise DataError(images_dir, "folder not found")
-    files = image_files(images_dir)
-    outputs = [out_dir / f"{io.case_id(f)}.nii.gz" for f in files]
-    existing = [p for p in outputs if p.exists()]
-    if existing and not overwrite:
-        raise OverwriteError(f"{existing[0]}: already exists ({len(existing)} of {len(outputs)} "
-                             "outputs do); pass --overwrite (overwrite=True) to replace them")
+    out_dir = Path(out_dir)
+    plan = prediction_plan(images_dir, out_dir, overwrite=overwrite)
     if tta:
         _checked_tta_axes(config)  # refuse before anything is written
     report = temperature is not None or calibration is not None
@@ -478,7 +471,7 @@ def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        rows = _predict_files(model, config, files, outputs, tta=tta, lcc=lcc, batch_size=batch_size,
+        rows = _predict_files(model, config, plan, tta=tta, lcc=lcc, batch_size=batch_size,
                               overwrite=overwrite, progress=progress, report=report, temperature=temperature,
                               calibration=calibration, ood=ood)
     except BaseException:
@@ -490,7 +483,7 @@ def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str
     return pd.DataFrame(rows, columns=columns)
 
 
-def _predict_files(model, config, files, outputs, *, tta, lcc, batch_size, overwrite, progress, report,
+def _predict_files(model, config, plan, *, tta, lcc, batch_size, overwrite, progress, report,
                    temperature, calibration, ood) -> list[dict]:
     """The loop of :func:`predict_folder`: predict and write each file; one row per case."""
     from tqdm.auto import tqdm
@@ -498,7 +491,7 @@ def _predict_files(model, config, files, outputs, *, tta, lcc, batch_size, overw
     from medseg_tf import uncertainty
 
     rows = []
-    for path, out in tqdm(list(zip(files, outputs)), desc="predict", unit="case",
+    for path, out in tqdm(plan, desc="predict", unit="case",
                           disable=not progress):
         start = time.perf_counter()
         vol = io.load_nifti(path)

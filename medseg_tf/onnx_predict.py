@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from medseg_tf import io
-from medseg_tf.errors import ConfigError, DataError, OverwriteError
+from medseg_tf.errors import ConfigError, DataError
 from medseg_tf.postprocessing import keep_largest_component
-from medseg_tf.datasets import image_files
+from medseg_tf.datasets import prediction_plan
 from medseg_tf.runspec import RunSpec
 from medseg_tf.sliding import labels_from_probs, predict_image, prepare_image, probabilities_from_logits
 
@@ -202,18 +202,10 @@ def predict_folder_onnx(model: OnnxModel | str | os.PathLike, images_dir: str | 
                                  "predict without --tta, or with the Keras run folder")
     if not isinstance(model, OnnxModel):
         model = OnnxModel(model)
-    images_dir, out_dir = Path(images_dir), Path(out_dir)
-    if not images_dir.is_dir():
-        raise DataError(images_dir, "folder not found")
-    files = image_files(images_dir)
-    outputs = [out_dir / f"{io.case_id(f)}.nii.gz" for f in files]
-    existing = [p for p in outputs if p.exists()]
-    if existing and not overwrite:
-        raise OverwriteError(f"{existing[0]}: already exists ({len(existing)} of {len(outputs)} outputs do); "
-                             "pass overwrite=True (--overwrite) to replace them")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = prediction_plan(images_dir, out_dir, overwrite=overwrite)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     rows = []
-    for path, out in tqdm(list(zip(files, outputs)), desc="predict (onnx)", unit="case", disable=not progress):
+    for path, out in tqdm(plan, desc="predict (onnx)", unit="case", disable=not progress):
         start = time.perf_counter()
         vol = io.load_nifti(path)
         labels = _predict_loaded(model, vol, lcc=lcc, batch_size=batch_size)
