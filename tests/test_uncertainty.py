@@ -235,3 +235,13 @@ def test_predict_temperature_round_trip_and_ood_warning(tiny_run, tmp_path, caps
                      "--overwrite", "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "calibration.json: 'temperature' must be" in err[0]
+
+
+def test_uncertainty_module_does_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, medseg_tf.uncertainty; "
+            "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; assert not bad, bad")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
