@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -174,7 +175,7 @@ def run(args) -> int:
                 "heldout_scores": held_scores},
         "ood_checks": checks,
         "tta": False,
-        "data": settings.display_path(args.data),
+        "data": os.path.relpath(args.data.resolve(), ROOT),     # e.g. ../shared/data/msd_hippocampus
         "command": f"python scripts/calibrate_reference_model.py {settings.display_path(args.model_dir)}",
     }
     path = uncertainty.write_calibration(args.model_dir, result, overwrite=args.overwrite)
