@@ -62,7 +62,7 @@ def make_ct_case(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     Returns
     -------
     image : np.ndarray
-        float32, shape ``(X, Y, Z)`` (about 80-96 x 64-76 x 20-28 voxels), in HU,
+        float32, shape ``(X, Y, Z)`` (about 80-113 x 62-88 x 19-32 voxels), in HU,
         whole numbers from -1024 up to about 1200.
     label : np.ndarray
         uint8, same shape, values {0 background, 1 liver, 2 tumour}; every case has

@@ -65,7 +65,8 @@ def test_hu_windows_by_hand():
     np.testing.assert_allclose(ct_window_preset(np.array([-20.0, 60.0, 100.0]), "liver"), [0, 0.5, 0.75])
     assert CT_WINDOWS["lung"] == (-600.0, 1500.0)
     # bone window 400/1800 -> [-500, 1300]
-    np.testing.assert_allclose(ct_window(hu, 400, 1800), [0, 340 / 1800, 540 / 1800, 740 / 1800, 1500 / 1800], rtol=1e-6)
+    np.testing.assert_allclose(ct_window(hu, 400, 1800), [0, 340 / 1800, 540 / 1800, 740 / 1800, 1500 / 1800],
+                               rtol=1e-6)
     from medseg_tf.errors import ConfigError
     with pytest.raises(ConfigError, match="window must be one of"):
         ct_window_preset(hu, "abdomen-ish")
@@ -83,7 +84,8 @@ def test_nnunet_ct_normalisation_by_hand():
     stats = ct_intensity_stats([a, b], [la, lb])
     v = np.arange(200.0)  # pooled foreground: 0..199 once each
     assert stats["n"] == 200 and stats["mean"] == pytest.approx(v.mean()) and stats["std"] == pytest.approx(v.std())
-    assert stats["p00_5"] == pytest.approx(np.percentile(v, 0.5)) and stats["p99_5"] == pytest.approx(np.percentile(v, 99.5))
+    assert stats["p00_5"] == pytest.approx(np.percentile(v, 0.5))
+    assert stats["p99_5"] == pytest.approx(np.percentile(v, 99.5))
     out = ct_normalize(b, stats)
     # background 1000 HU is clipped to the 99.5th percentile first
     assert out[9, 0] == pytest.approx((stats["p99_5"] - v.mean()) / v.std(), rel=1e-5)
