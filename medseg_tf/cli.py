@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from medseg_tf.errors import ConfigError, MedsegError, OverwriteError
+from medseg_tf.phantoms import PHANTOM_KINDS
 from medseg_tf.runspec import CHECKPOINTS, LOSS_NAMES, NORMS, OPTIMIZER_NAMES, SCHEDULES
 
 
@@ -88,15 +89,9 @@ def _cmd_site(args) -> int:
 def _cmd_data_phantom(args) -> int:
     import time
 
-    from medseg_tf.phantom import DEFAULT_CASES, write_phantom_dataset
-    from medseg_tf.phantom_brain import BRAIN_DEFAULT_CASES, write_brain_dataset
-    from medseg_tf.phantom_ct import CT_DEFAULT_CASES, write_ct_dataset
-    from medseg_tf.phantom_fundus import FUNDUS_DEFAULT_CASES, write_fundus_dataset
+    from medseg_tf.phantoms import phantom_writer
 
-    writers = {"mri": (write_phantom_dataset, DEFAULT_CASES), "ct": (write_ct_dataset, CT_DEFAULT_CASES),
-               "brain": (write_brain_dataset, BRAIN_DEFAULT_CASES),
-               "fundus": (write_fundus_dataset, FUNDUS_DEFAULT_CASES)}
-    write, default_cases = writers[args.kind]
+    write, default_cases = phantom_writer(args.kind)
     n_cases = args.cases or default_cases
     start = time.perf_counter()
     if args.out.exists() and not args.out.is_dir():
@@ -409,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser("phantom", help="write a synthetic phantom data set (MRI, CT, brain tumour, fundus)")
     p.add_argument("--out", type=Path, required=True,
                    help="output folder (MSD layout; fundus: images/, manual/, mask/ PNG triples)")
-    p.add_argument("--kind", choices=("mri", "ct", "brain", "fundus"), default="mri",
+    p.add_argument("--kind", choices=PHANTOM_KINDS, default="mri",
                    help="mri: hippocampus-like MRI (default); ct: abdominal CT in HU, organ + lesions; "
                         "brain: 4-channel brain tumour MRI (MSD Task01 layout); fundus: retinal photographs "
                         "with vessel masks")
