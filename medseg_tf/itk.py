@@ -313,7 +313,7 @@ def n4_bias_correction(image: np.ndarray, mask: np.ndarray | None = None,
     Returns
     -------
     corrected : np.ndarray
-        float32 ``(X, Y, Z)``: ``image / field`` inside the mask's bounding grid.
+        float32 ``(X, Y, Z)``: ``image / field`` (the field is evaluated everywhere, fitted inside ``mask``).
     field : np.ndarray
         float32 ``(X, Y, Z)``, the estimated multiplicative bias field.
     """
