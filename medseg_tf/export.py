@@ -30,9 +30,12 @@ normalisation, padding and windows as the Keras model.
 
 from __future__ import annotations
 
+import contextlib
+import io as _pyio
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -339,12 +342,32 @@ def _export_litert(model, config: Mapping, out: Path, quantize: str | None,
     out.with_name(out.name + ".json").write_text(json.dumps(dict(config, litert_quantize=quantize), indent=2))
 
 
-def _quiet(fn: Callable):
-    """Run ``fn`` with Python-level stdout silenced (the converters print their graphs and captures)."""
-    import contextlib
-    import io as _io
+@contextlib.contextmanager
+def _silenced_output():
+    """Send this process's stdout and stderr file descriptors to /dev/null for a while.
 
-    with contextlib.redirect_stdout(_io.StringIO()):
+    The converters and the LiteRT interpreter print from C++ (``fully_quantize: 0 ...``, ``INFO: Created
+    TensorFlow Lite XNNPACK delegate``), below Python's ``sys.stdout``; Python exceptions still propagate.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            os.dup2(null.fileno(), 2)
+            with contextlib.redirect_stdout(_pyio.StringIO()):
+                yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def _quiet(fn: Callable):
+    """Run ``fn`` with its output silenced (the converters print their graphs and captures)."""
+    with _silenced_output():
         return fn()
 
 
@@ -379,7 +402,8 @@ class _LiteRTPredictor:
         try:
             with warnings.catch_warnings():  # "tf.lite.Interpreter is deprecated": still the one TF 2.21 ships
                 warnings.simplefilter("ignore")
-                self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
+                with _silenced_output():
+                    self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
         except Exception as exc:
             raise DataError(path, f"not a readable LiteRT model ({_first_line(exc)})") from None
         self.input = self.interpreter.get_input_details()[0]
@@ -390,8 +414,9 @@ class _LiteRTPredictor:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self._shape != x.shape:
-            self.interpreter.resize_tensor_input(self.input["index"], list(x.shape))
-            self.interpreter.allocate_tensors()
+            with _silenced_output():
+                self.interpreter.resize_tensor_input(self.input["index"], list(x.shape))
+                self.interpreter.allocate_tensors()
             self._shape = x.shape
         self.interpreter.set_tensor(self.input["index"], x)
         self.interpreter.invoke()
