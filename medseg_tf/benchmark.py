@@ -1,4 +1,4 @@
-"""Training speed and memory of the course U-Nets on this machine (Keras 3 / TensorFlow).
+"""Training and inference speed, memory and FLOP efficiency of the course U-Nets on this machine.
 
 :func:`measure_training_speed` times the *same* training step that
 :func:`medseg_tf.training.train` runs: the model, loss, Dice metrics,
@@ -32,6 +32,19 @@ TensorFlow's peak allocation on the GPU (``tf.config.experimental.get_memory_inf
 Results are kept as rows of a CSV file (:func:`append_results`,
 :func:`read_results`); ``benchmarks/train_speed.py`` is the command-line
 front end that writes ``benchmarks/results.csv``.
+
+``python -m medseg_tf bench`` (:func:`bench`) adds, on any Keras 3 backend
+(TensorFlow is imported only for the input pipeline and the TensorFlow-only
+export formats): training on a synthetic batch
+(:func:`measure_training_synthetic`), the model call alone on whole volumes
+and its throughput at several batch sizes (:func:`measure_model_call`),
+end-to-end prediction of any model format with Dice and label agreement
+(:func:`measure_end_to_end`), FLOPs per sample (:func:`forward_flops`) and
+the achieved GFLOP/s as a share of a matrix-product peak measured on the spot
+(:func:`matmul_peak_gflops`), for the dtype policies ``float32``,
+``mixed_bfloat16``, ``mixed_float16`` and XLA on or off; medians of repeats,
+with the machine and library versions (:func:`machine_info`), appended to a
+CSV (:func:`append_bench`, :data:`BENCH_COLUMNS`).
 """
 
 from __future__ import annotations
@@ -1014,7 +1027,8 @@ def bench(*, dims: Sequence[int] = (3,), models: Sequence[str | os.PathLike] = (
     plan: list[tuple] = []
     if models:
         for m in models:
-            for prec in precisions:
+            keras_model = Path(m).suffix not in (".onnx", ".tflite") and not (Path(m) / "saved_model.pb").is_file()
+            for prec in (precisions if keras_model else ["float32"]):  # precision policies are Keras'
                 plan.append(("predict", m, prec))
     else:
         for d in dims:
