@@ -71,6 +71,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from medseg_tf import settings
 from medseg_tf.callbacks import (EpochLogger, TensorBoardScalars, ThrottledProgbar, _LearningRateLogger,
                                  _resolve_verbose)
 from medseg_tf.distributed import fit_distributed
@@ -309,7 +310,8 @@ def _train_locked(config: TrainConfig, runtime: Runtime, run_dir: Path, dataset,
     if verbose:
         print(runtime.describe(), flush=True)
         if initial_epoch:
-            print(f"resuming {run_dir} from epoch {initial_epoch + 1}/{config.epochs}", flush=True)
+            print(f"resuming {settings.display_path(run_dir)} from epoch {initial_epoch + 1}/{config.epochs}",
+                  flush=True)
     keras.utils.set_random_seed(config.seed)
     if runtime.is_chief:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -365,5 +367,5 @@ def _train_locked(config: TrainConfig, runtime: Runtime, run_dir: Path, dataset,
         if verbose:
             summary = json.loads((run_dir / "summary.json").read_text())
             print(f"best val_dice_mean {summary['best_val_dice_mean']:.4f} at epoch "
-                  f"{summary['best_epoch']}; run folder {run_dir}", flush=True)
+                  f"{summary['best_epoch']}; run folder {settings.display_path(run_dir)}", flush=True)
     return run_dir
