@@ -2,15 +2,17 @@
 
 Layers (each only imports from the layers above it):
 
-* NumPy / SciPy / nibabel only, no TensorFlow: :mod:`medseg_tf.settings`,
-  :mod:`medseg_tf.errors`, :mod:`medseg_tf.io`, :mod:`medseg_tf.datasets`,
-  :mod:`medseg_tf.phantom`, :mod:`medseg_tf.download`,
-  :mod:`medseg_tf.preprocessing`, :mod:`medseg_tf.metrics`,
-  :mod:`medseg_tf.convolution` (NumPy reference ops), :mod:`medseg_tf.plots`.
-* TensorFlow / Keras 3: :mod:`medseg_tf.augment`, :mod:`medseg_tf.pipeline`,
-  :mod:`medseg_tf.models`, :mod:`medseg_tf.losses`, :mod:`medseg_tf.training`,
-  :mod:`medseg_tf.inference`.
-* On top (nothing imports them): :mod:`medseg_tf.cli`, :mod:`medseg_tf.course`.
+* NumPy / SciPy / nibabel only, no TensorFlow: ``settings``, ``errors``, ``io``,
+  ``runspec`` (the run spec training and prediction share), ``datasets``,
+  ``sources``, ``phantom``, ``phantom_ct``, ``phantom_brain``, ``phantom_fundus``,
+  ``phantoms``, ``images2d``, ``regions``, ``download``, ``preprocessing``,
+  ``metrics``, ``postprocessing``, ``sliding``, ``onnx_predict``, ``uncertainty``,
+  ``convolution`` (NumPy reference ops), ``plots``, ``diagrams``; ``itk`` (SimpleITK).
+* Keras 3 only (they run under JAX too): ``models``, ``losses``, ``schedules``.
+* TensorFlow / Keras 3: ``augment``, ``pipeline``, ``training`` (with ``runtime``,
+  ``runfolder``, ``callbacks``, ``distributed``), ``crossval``, ``inference``,
+  ``explain``, ``quickfit``, ``export``, ``benchmark``.
+* On top (nothing imports them): ``cli``, ``course``, ``site``.
 
 Conventions used everywhere: arrays are channels-last; 3D volumes are indexed
 ``(x, y, z)`` in the voxel order of the NIfTI file (RAS+ after

@@ -60,7 +60,10 @@ def test_module_entry_point_runs():
 def test_numpy_layers_do_not_import_tensorflow():
     code = ("import sys, medseg_tf.settings, medseg_tf.errors, medseg_tf.io, medseg_tf.datasets, "
             "medseg_tf.phantom, medseg_tf.preprocessing, medseg_tf.download, medseg_tf.metrics, "
-            "medseg_tf.postprocessing, medseg_tf.convolution, medseg_tf.plots, medseg_tf.cli; "
+            "medseg_tf.postprocessing, medseg_tf.convolution, medseg_tf.plots, medseg_tf.cli, medseg_tf.runspec, "
+            "medseg_tf.sources, medseg_tf.sliding, medseg_tf.onnx_predict, medseg_tf.uncertainty, medseg_tf.regions, "
+            "medseg_tf.images2d, medseg_tf.phantoms, medseg_tf.phantom_ct, medseg_tf.phantom_brain, "
+            "medseg_tf.phantom_fundus, medseg_tf.itk, medseg_tf.diagrams; "
             "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; "
             "assert not bad, bad")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
