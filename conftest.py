@@ -19,3 +19,12 @@ os.environ.setdefault("MEDSEG_RUNS_DIR", tempfile.mkdtemp(prefix="medseg_runs_")
 os.environ.setdefault("MEDSEG_HIPPOCAMPUS_DIR", str(SHARED_HIPPOCAMPUS))
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def pytest_collection_modifyitems(items):
+    """Notebook cells run by nbval count as slow: ``pytest -m "not slow"`` is the fast loop without them."""
+    import pytest
+
+    for item in items:
+        if str(getattr(item, "path", "")).endswith(".ipynb"):
+            item.add_marker(pytest.mark.slow)

@@ -15,6 +15,7 @@ def test_notebooks_are_numbered_in_order():
     assert len({n[:2] for n in names}) == len(names)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["01_medical_images_and_preprocessing.ipynb"])
 def test_notebook_runs_on_real_hippocampus(name, hippocampus_root):
     seconds = execute_notebook(NOTEBOOKS_DIR / name, write=False,

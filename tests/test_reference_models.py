@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["hippocampus_2d", "hippocampus_3d"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_reference_model_reproduces_model_card(name, hippocampus_root, tmp_path):
     from medseg_tf.inference import predict_folder

@@ -112,6 +112,7 @@ def test_runtime_on_cpu(monkeypatch):
     assert "mixed_float16" in forced.describe() and "XLA: on" in forced.describe()
 
 
+@pytest.mark.slow
 def test_mixed_precision_train_step(phantom_root):
     """The GPU precision (mixed_float16) also works on a CPU: float32 output, finite loss."""
     runtime = T.resolve_runtime(T.TrainConfig(mixed_precision=True))
@@ -170,6 +171,7 @@ def _scalar_tags(folder: Path) -> set[str]:
     return tags
 
 
+@pytest.mark.slow
 def test_train_resume_and_overwrite(phantom_root, tmp_path, capsys):
     config = tiny_config(phantom_root, tmp_path / "full")
     keep = Capture()
@@ -230,6 +232,7 @@ def test_train_resume_and_overwrite(phantom_root, tmp_path, capsys):
     assert not (folder / "backup").exists()
 
 
+@pytest.mark.slow
 def test_context_slices_train_and_predict(phantom_root, tmp_path):
     """A 2.5D run: 3 input channels in training, and predict_case stacks the neighbours itself."""
     from medseg_tf.inference import load_run, predict_case
@@ -313,6 +316,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_multi_worker_custom_step(phantom_root, tmp_path):
     """Two workers on 127.0.0.1 (MultiWorkerMirroredStrategy, custom step) end with identical weights."""
     script = tmp_path / "worker.py"
