@@ -38,7 +38,9 @@ LABEL_COLORS = ("#e41a1c", "#377eb8", "#4daf4a", "#ff7f00", "#984ea3")
 
 
 def save_figure(fig: matplotlib.figure.Figure, name: str, *, dpi: int = 150) -> Path:
-    """Save ``fig`` as ``<figures_dir>/<name>`` (PNG) and return the path.
+    """Save ``fig`` as ``<figures_dir>/<name>`` (PNG; also SVG with ``MEDSEG_FIGURE_FORMATS=png,svg``).
+
+    Returns the PNG's path.
 
     Parameters
     ----------
@@ -53,6 +55,8 @@ def save_figure(fig: matplotlib.figure.Figure, name: str, *, dpi: int = 150) -> 
         name += ".png"
     path = settings.figures_dir() / name
     fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    if "svg" in settings.figure_formats():  # for slides: a vector copy next to the PNG
+        fig.savefig(path.with_suffix(".svg"), bbox_inches="tight", metadata={"Date": None, "Creator": None})
     return path
 
 

@@ -103,6 +103,21 @@ def figures_dir() -> Path:
     return path
 
 
+#: Figure formats :func:`medseg_tf.plots.save_figure` can write besides PNG.
+FIGURE_FORMATS = ("png", "svg")
+
+
+def figure_formats() -> tuple[str, ...]:
+    """Formats every figure is saved in (``MEDSEG_FIGURE_FORMATS``, e.g. ``png,svg``; PNG always)."""
+    raw = os.environ.get("MEDSEG_FIGURE_FORMATS", "png")
+    wanted = {f.strip().lower() for f in raw.split(",") if f.strip()} | {"png"}
+    unknown = sorted(wanted - set(FIGURE_FORMATS))
+    if unknown:
+        raise ValueError(f"MEDSEG_FIGURE_FORMATS={raw!r}: unknown format(s) {', '.join(unknown)}; "
+                         f"expected some of {', '.join(FIGURE_FORMATS)}")
+    return tuple(f for f in FIGURE_FORMATS if f in wanted)
+
+
 def runs_dir() -> Path:
     """Folder where training runs are written (``MEDSEG_RUNS_DIR``, default ``<repo>/runs``)."""
     return _env_path("MEDSEG_RUNS_DIR", REPO_ROOT / "runs")

@@ -209,3 +209,20 @@ def test_metric_boxplots_wrap_onto_rows():
     assert len(fig.axes) == 3
     rows = sorted({round(ax.get_position().y0, 3) for ax in fig.axes})
     assert len(rows) == 2
+
+
+def test_svg_copies_on_request(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from medseg_tf import plots
+
+    monkeypatch.setenv("MEDSEG_FIGURES_DIR", str(tmp_path))
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    monkeypatch.setenv("MEDSEG_FIGURE_FORMATS", "png,svg")
+    path = plots.save_figure(fig, "toy")
+    assert path.suffix == ".png" and path.with_suffix(".svg").read_text().lstrip().startswith("<?xml")
+    monkeypatch.setenv("MEDSEG_FIGURE_FORMATS", "png,gif")
+    with pytest.raises(ValueError, match="gif"):
+        plots.save_figure(fig, "toy2")
+    plt.close(fig)
