@@ -28,7 +28,7 @@ import numpy as np
 from medseg_tf.errors import DataError, OverwriteError
 from medseg_tf.io import Volume, case_id, load_nifti, nifti_files, reorient_to_ras, save_nifti
 
-__all__ = ["Case", "MSDDataset", "write_msd_dataset", "check_dataset", "course_dataset",
+__all__ = ["Case", "MSDDataset", "write_msd_dataset", "check_dataset",
            "split_cases", "kfold_split"]
 
 #: Maximum difference between image and label affines still counted as equal (mm).
@@ -466,11 +466,3 @@ def check_dataset(root: str | os.PathLike):
             row["error"] = str(exc)
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def course_dataset(name: str | None = None) -> MSDDataset:
-    """Moved to :func:`medseg_tf.sources.course_dataset` (kept here for notebooks written before)."""
-    from medseg_tf.sources import course_dataset as resolve  # the resolver sits above this module
-
-    return resolve(name)
-
