@@ -390,7 +390,7 @@ def teaching_minutes(words: int, exercises: int, run_seconds: float) -> int:
 
 def _write_times(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["notebook", "mode", "dataset", "code_cells", "words", "exercises",
                                                "seconds", "teaching_minutes"])
         writer.writeheader()

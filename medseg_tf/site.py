@@ -12,6 +12,7 @@ fonts, from the ``jupyter-server-mathjax`` package): building and reading the si
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -106,6 +107,22 @@ and follow its README (`python -m medseg_tf course`, or open `notebooks/` in Jup
 """
 
 
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def _drop_widgets(nb) -> None:
+    """Remove Jupyter widget state and views (progress bars); their text fallback stays.
+
+    Rendering widgets would make every page load require.js and the widget manager from a CDN.
+    """
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data")
+            if data and WIDGET_MIME in data:
+                del data[WIDGET_MIME]
+
+
 def build_site(out: Path, *, notebooks: Path | None = None, overwrite: bool = False,
                quiet: bool = True) -> Path:
     """Render the executed course notebooks into a static HTML site in ``out``.
@@ -157,20 +174,22 @@ def build_site(out: Path, *, notebooks: Path | None = None, overwrite: bool = Fa
         titles = []
         for book in books:
             nb = nbformat.read(book, as_version=4)
+            _drop_widgets(nb)
             nbformat.write(nb, src / book.name)
             titles.append((book.stem, _title(nb, book.stem)))
-        (src / "index.md").write_text(_index_page(titles))
+        (src / "index.md").write_text(_index_page(titles), encoding="utf-8")
         (src / "conf.py").write_text(CONF_PY.format(title=TITLE, mathjax2_config=MATHJAX2_CONFIG,
-                                                    mathjax_config_file=MATHJAX_CONFIG_FILE))
+                                                    mathjax_config_file=MATHJAX_CONFIG_FILE), encoding="utf-8")
         command = [sys.executable, "-m", "sphinx", "-b", "html", "-d", str(Path(tmp) / "doctrees"),
                    "-j", "auto", str(src), str(out)]
         if quiet:
             command.insert(3, "-q")
-        result = subprocess.run(command, capture_output=quiet, text=True)
+        result = subprocess.run(command, capture_output=quiet, text=True, encoding="utf-8", errors="replace",
+                                env={**os.environ, "PYTHONUTF8": "1"})
         if result.returncode:
             detail = (result.stderr or "").strip().splitlines()[-1:] if quiet else []
             raise DataError(folder, f"Sphinx failed ({' '.join(detail) or 'see its output above'})")
         if quiet and result.stderr.strip():
             print(result.stderr.strip(), file=sys.stderr)
-    (out / "site.json").write_text(json.dumps({"notebooks": [b.name for b in books]}, indent=1) + "\n")
+    (out / "site.json").write_text(json.dumps({"notebooks": [b.name for b in books]}, indent=1) + "\n", encoding="utf-8")
     return out / "index.html"
