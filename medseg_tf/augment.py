@@ -42,8 +42,20 @@ What each transform does, in the order applied:
 6. **Gaussian noise** (with probability ``p``): zero-mean noise whose standard
    deviation is uniform in ``[0, noise_std]`` (in the units of the normalised
    image).
+7. **Gaussian blur** (with probability ``p``, off unless ``blur_sigma`` is
+   given): a separable Gaussian along every spatial axis, sigma uniform in
+   ``blur_sigma`` (voxels), edges reflected.
+8. **Brightness** (with probability ``p``, off unless ``brightness_range``):
+   the image is multiplied by a factor uniform in ``brightness_range``.
+9. **Low-resolution simulation** (with probability ``p``, off unless
+   ``low_res_range``): each ``(x, y)`` slice is shrunk by a zoom factor uniform
+   in ``low_res_range`` (nearest neighbour) and enlarged back (bilinear), as
+   nnU-Net's ``SimulateLowResolutionTransform`` (in-plane only here).
 
-Steps 4-6 touch the image only. Label values are never changed: the label is
+Steps 4-9 touch the image only. :data:`NNUNET_AUGMENT` is the set nnU-Net v2
+trains with by default (its probabilities folded into one ``p``; no elastic
+deformation, which nnU-Net v2 also leaves off), *without* mirroring: add
+``flips`` for the axes where a mirror keeps the anatomy and the labels valid. Label values are never changed: the label is
 only mirrored, turned and resampled with nearest neighbour, so the set of its
 values after augmentation is a subset of the set before.
 """
@@ -57,7 +69,7 @@ import tensorflow as tf
 
 from medseg_tf.runspec import flip_axes
 
-__all__ = ["flip_axes", "random_augment"]
+__all__ = ["NNUNET_AUGMENT", "flip_axes", "random_augment"]
 
 # Fixed sub-seed indices (one per random decision), see the module docstring.
 _FLIP = 10  # + spatial axis
@@ -66,6 +78,21 @@ _AFFINE_DO, _AFFINE_ANGLE, _AFFINE_SCALE = 30, 31, 32
 _CONTRAST_DO, _CONTRAST = 40, 41
 _GAMMA_DO, _GAMMA = 50, 51
 _NOISE_DO, _NOISE_STD, _NOISE = 60, 61, 62
+_BLUR_DO, _BLUR = 70, 71
+_BRIGHT_DO, _BRIGHT = 80, 81
+_LOWRES_DO, _LOWRES = 90, 91
+_BLUR_RADIUS = 3  # voxels: the kernel is 7 wide, enough for sigma <= ~1.5
+
+#: nnU-Net v2's default training augmentation (``nnUNetTrainer.get_training_transforms``) in the
+#: arguments of :func:`random_augment`: rotation up to 30 degrees, zoom 0.7-1.4, noise, blur,
+#: brightness, contrast, low-resolution simulation and gamma. nnU-Net applies each with its own
+#: probability (0.1-0.3); here one ``p = 0.2``. Mirroring is left out on purpose (``flips=False``):
+#: choose the valid axes for the anatomy.
+NNUNET_AUGMENT = {
+    "flips": False, "rot90": False, "max_rotation_deg": 30.0, "scale_range": (0.7, 1.4),
+    "gamma_range": (0.7, 1.5), "noise_std": 0.1, "contrast_range": (0.75, 1.25),
+    "brightness_range": (0.75, 1.25), "blur_sigma": (0.5, 1.0), "low_res_range": (0.5, 1.0), "p": 0.2,
+}
 
 
 def _sub_seed(seed: tf.Tensor, k: int) -> tf.Tensor:
@@ -161,6 +188,34 @@ def _affine(x: tf.Tensor, matrix: tf.Tensor, interpolation: str) -> tf.Tensor:
     return tf.ensure_shape(out, x.shape)
 
 
+def _gaussian_blur(x: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
+    """Blur ``x`` (spatial..., C) with a separable Gaussian of ``sigma`` voxels, edges reflected."""
+    offsets = tf.range(-_BLUR_RADIUS, _BLUR_RADIUS + 1, dtype=tf.float32)
+    kernel = tf.exp(-0.5 * tf.square(offsets / sigma))
+    kernel = tf.reshape(kernel / tf.reduce_sum(kernel), [-1, 1, 1])
+    rank = x.shape.rank
+    for axis in range(rank - 1):
+        perm = [a for a in range(rank) if a != axis] + [axis]
+        moved = tf.transpose(x, perm)
+        shape = tf.shape(moved)
+        flat = tf.reshape(moved, [-1, shape[-1], 1])
+        flat = tf.pad(flat, [[0, 0], [_BLUR_RADIUS, _BLUR_RADIUS], [0, 0]], mode="REFLECT")
+        flat = tf.nn.conv1d(flat, kernel, stride=1, padding="VALID")
+        inverse = [perm.index(a) for a in range(rank)]
+        x = tf.transpose(tf.reshape(flat, shape), inverse)
+    return x
+
+
+def _low_resolution(x: tf.Tensor, zoom: tf.Tensor) -> tf.Tensor:
+    """Shrink each (x, y) slice of ``x`` by ``zoom`` (nearest) and enlarge it back (bilinear)."""
+    slices = x[tf.newaxis] if x.shape.rank == 3 else tf.transpose(x, [2, 0, 1, 3])
+    size = tf.shape(slices)[1:3]
+    small = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * zoom), tf.int32), 1)
+    out = tf.image.resize(tf.image.resize(slices, small, method="nearest"), size, method="bilinear")
+    out = out[0] if x.shape.rank == 3 else tf.transpose(out, [1, 2, 0, 3])
+    return tf.ensure_shape(out, x.shape)
+
+
 def random_augment(
     image,
     label,
@@ -174,6 +229,9 @@ def random_augment(
     noise_std: float = 0.05,
     contrast_range: Sequence[float] | None = (0.75, 1.25),
     p: float = 0.25,
+    blur_sigma: Sequence[float] | None = None,
+    brightness_range: Sequence[float] | None = None,
+    low_res_range: Sequence[float] | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Randomly augment one image and its label with the same spatial transform.
 
@@ -212,8 +270,17 @@ def random_augment(
     contrast_range : (float, float) or None
         Contrast factor range; ``None`` disables it.
     p : float
-        Probability of applying each of rotation/scale, contrast, gamma and
-        noise, independently (default 0.25, similar to nnU-Net's 0.1-0.3).
+        Probability of applying each of rotation/scale, contrast, gamma,
+        noise, blur, brightness and low resolution, independently (default
+        0.25, similar to nnU-Net's 0.1-0.3).
+    blur_sigma : (float, float) or None
+        Range of the Gaussian blur's sigma in voxels (at most 1.5); ``None``
+        (default) disables blur.
+    brightness_range : (float, float) or None
+        Multiplicative brightness factor range; ``None`` (default) disables it.
+    low_res_range : (float, float) or None
+        Zoom factor range of the low-resolution simulation, in ``(0, 1]``;
+        ``None`` (default) disables it.
 
     Returns
     -------
@@ -269,6 +336,13 @@ def random_augment(
     scale_range = _check_range("scale_range", scale_range, positive=True)
     gamma_range = _check_range("gamma_range", gamma_range, positive=True)
     contrast_range = _check_range("contrast_range", contrast_range, positive=True)
+    blur_sigma = _check_range("blur_sigma", blur_sigma, positive=True)
+    if blur_sigma is not None and blur_sigma[1] > 1.5:
+        raise ValueError(f"blur_sigma must be at most 1.5 voxels (kernel radius {_BLUR_RADIUS}), got {blur_sigma}")
+    brightness_range = _check_range("brightness_range", brightness_range, positive=True)
+    low_res_range = _check_range("low_res_range", low_res_range, positive=True)
+    if low_res_range is not None and low_res_range[1] > 1.0:
+        raise ValueError(f"low_res_range must lie in (0, 1], got {low_res_range}")
 
     def both(fn, x, y):
         return fn(x), fn(y)
@@ -325,6 +399,18 @@ def random_augment(
         std = _uniform(seed, _NOISE_STD, 0.0, noise_std)
         noise = tf.random.stateless_normal(tf.shape(image), _sub_seed(seed, _NOISE), stddev=std)
         image = tf.where(_happens(seed, _NOISE_DO, p), image + noise, image)
+
+    if blur_sigma is not None and p > 0:
+        sigma = _uniform(seed, _BLUR, *blur_sigma)
+        image = tf.cond(_happens(seed, _BLUR_DO, p), lambda: _gaussian_blur(image, sigma), lambda: image)
+
+    if brightness_range is not None and brightness_range != (1.0, 1.0) and p > 0:
+        factor = _uniform(seed, _BRIGHT, *brightness_range)
+        image = tf.where(_happens(seed, _BRIGHT_DO, p), image * factor, image)
+
+    if low_res_range is not None and low_res_range != (1.0, 1.0) and p > 0:
+        zoom = _uniform(seed, _LOWRES, *low_res_range)
+        image = tf.cond(_happens(seed, _LOWRES_DO, p), lambda: _low_resolution(image, zoom), lambda: image)
 
     if not label_has_channel:
         label = label[..., 0]

@@ -11,7 +11,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-__all__ = ["EpochLogger", "TensorBoardScalars", "ThrottledProgbar"]
+__all__ = ["DeepSupervisionLogs", "EpochLogger", "TensorBoardScalars", "ThrottledProgbar"]
 
 
 class _LearningRateLogger(keras.callbacks.Callback):
@@ -23,6 +23,22 @@ class _LearningRateLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = self._lr
+
+
+class DeepSupervisionLogs(keras.callbacks.Callback):
+    """Gives a deep-supervision model's logs the names of a single-output model.
+
+    Keras prefixes the metrics of a multi-output model with the output's name
+    (``val_output_dice_mean``); the run folder, checkpoint and history read ``val_dice_mean``. This
+    renames ``[val_]output_<metric>`` to ``[val_]<metric>`` in place (``loss`` stays the weighted
+    total; ``output_ds<k>_loss`` stay as they are). Put it first in the callback list.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        for key in [k for k in logs if "output_" in k and "_ds" not in k and not k.endswith("output_loss")]:
+            logs[key.replace("output_", "", 1)] = logs.pop(key)
 
 
 class EpochLogger(keras.callbacks.Callback):

@@ -18,7 +18,7 @@ over the folds' means).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ from medseg_tf import io
 from medseg_tf.errors import OverwriteError
 from medseg_tf.runspec import RunSpec
 
-__all__ = ["cross_validate", "summarize_folds"]
+__all__ = ["cross_validate", "run_study", "score_run", "summarize_folds", "summarize_study"]
 
 
 def summarize_folds(table: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
@@ -90,8 +90,6 @@ def cross_validate(spec: RunSpec | Mapping | str | os.PathLike, out_dir: str | o
         One row per validation case and class: ``fold``, ``case``, ``label``, ``class`` and the
         :data:`medseg_tf.metrics.METRIC_COLUMNS`.
     """
-    from medseg_tf.inference import load_run, predict_case
-    from medseg_tf.metrics import case_metrics
     from medseg_tf.sources import open_dataset
     from medseg_tf.training import resolve_run_dir, train
 
@@ -101,21 +99,128 @@ def cross_validate(spec: RunSpec | Mapping | str | os.PathLike, out_dir: str | o
     if any(p.exists() for p in tables) and not overwrite:
         raise OverwriteError(f"{tables[0]}: already exists; pass --overwrite (overwrite=True) to run again")
     dataset = open_dataset(spec.data)
-    names = {i: n for i, n in enumerate(dataset.class_names) if i}
     rows = []
     for fold in range(folds):
         run = train(spec.replace(fold=fold, out_dir=str(root / f"fold_{fold}")), overwrite=overwrite,
                     verbose=verbose)
-        model, run_spec = load_run(run)
-        split = pd.read_json(run / "split.json", typ="series")
-        for case_id in split["val"]:
-            case = dataset.case(case_id)
-            labels, _ = predict_case(model, case.image_path, run_spec)
-            reference = io.load_nifti(case.label_path)
-            for row in case_metrics(labels, np.asarray(reference.data).astype(np.int64), reference.spacing,
-                                    names, tolerance_mm):
-                rows.append({"fold": fold, "case": case_id, **row})
-    table = pd.DataFrame(rows)
+        rows.append(score_run(run, dataset=dataset, tolerance_mm=tolerance_mm).assign(fold=fold))
+    table = pd.concat(rows, ignore_index=True)
+    table = table[["fold"] + [c for c in table.columns if c != "fold"]]
     table.to_csv(tables[0], index=False)
     summarize_folds(table).to_csv(tables[1])
     return table
+
+
+def score_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], case_ids: list[str] | None = None, *,
+              dataset=None, lcc: bool = False, tolerance_mm: float = 1.0) -> pd.DataFrame:
+    """Predict cases with a run's model (whole volumes, as ``predict``) and score them per class.
+
+    Parameters
+    ----------
+    run_dir : path, or sequence of paths
+        A finished run folder (``model.keras``, ``config.json``, ``split.json``) or a shipped model
+        folder; several: their ensemble (:func:`medseg_tf.inference.predict_ensemble`, equal weights).
+    case_ids : list of str or None
+        Cases to score; None: the (first) run's validation cases (``split.json``).
+    dataset : MSDDataset or None
+        Where the cases live; None: the (first) run's ``data``.
+    lcc : bool
+        Keep only the largest connected component of each class.
+    tolerance_mm : float
+        Surface Dice tolerance.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per case and foreground class: ``case``, ``label``, ``class`` and the
+        :data:`medseg_tf.metrics.METRIC_COLUMNS`.
+    """
+    from medseg_tf.inference import load_run, predict_ensemble
+    from medseg_tf.metrics import case_metrics
+    from medseg_tf.sources import open_dataset
+
+    run_dirs = [Path(run_dir)] if isinstance(run_dir, (str, os.PathLike)) else [Path(r) for r in run_dir]
+    members = [load_run(r) for r in run_dirs]
+    dataset = open_dataset(members[0][1].data) if dataset is None else dataset
+    if case_ids is None:
+        case_ids = list(pd.read_json(run_dirs[0] / "split.json", typ="series")["val"])
+    names = {i: n for i, n in enumerate(dataset.class_names) if i}
+    rows = []
+    for case_id in case_ids:
+        case = dataset.case(case_id)
+        labels, _ = predict_ensemble(members, case.image_path, lcc=lcc)
+        reference = io.load_nifti(case.label_path)
+        for row in case_metrics(labels, np.asarray(reference.data).astype(np.int64), reference.spacing,
+                                names, tolerance_mm):
+            rows.append({"case": case_id, **row})
+    return pd.DataFrame(rows)
+
+
+def summarize_study(table: pd.DataFrame, metric: str = "dice", by: str = "recipe") -> pd.DataFrame:
+    """Mean ``metric`` per recipe (rows) and class (columns), plus their mean over classes.
+
+    >>> t = pd.DataFrame({"recipe": ["a", "a", "b", "b"], "class": ["X", "Y"] * 2, "dice": [0.8, 0.6, 0.9, 0.7]})
+    >>> summarize_study(t).round(2).loc["b"].tolist()
+    [0.9, 0.7, 0.8]
+    """
+    out = table.pivot_table(index=by, columns="class", values=metric, aggfunc="mean", sort=False)
+    out.columns = list(out.columns)
+    out["mean"] = out.mean(axis=1)
+    return out
+
+
+def run_study(recipes: Mapping[str, RunSpec | Mapping], out_dir: str | os.PathLike, *,
+              score_cases: list[str] | None = None, verbose: int | str = 2,
+              tolerance_mm: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train each named recipe once (resuming finished or interrupted runs) and score it.
+
+    Parameters
+    ----------
+    recipes : mapping of name -> RunSpec or dict
+        The recipes; each trains into ``out_dir/<name>`` (its own ``out_dir`` is replaced).
+    out_dir : path
+        Folder of the runs (relative paths: under ``settings.runs_dir()``).
+    score_cases : list of str or None
+        Cases every recipe is scored on; None: each run's own validation cases. Give cases that no
+        recipe trained on (and that chose nothing) for an unbiased comparison.
+    verbose, tolerance_mm
+        As :func:`cross_validate`.
+
+    Returns
+    -------
+    metrics : pandas.DataFrame
+        One row per recipe, case and class (``recipe`` column first).
+    runs : pandas.DataFrame
+        One row per recipe: ``train_cases``, ``epochs``, ``volumes_seen`` (epochs x steps x batch),
+        ``minutes`` (training wall time, this machine, as loaded as it was), ``best_epoch``.
+
+    A finished run is not retrained, and its scores are kept in ``<run>/study_metrics.csv``, so an
+    interrupted study continues where it stopped.
+    """
+    import json
+
+    from medseg_tf.training import resolve_run_dir, train
+
+    tables, runs = [], []
+    for name, recipe in recipes.items():
+        spec = RunSpec.coerce(recipe)
+        spec = spec.replace(out_dir=str(Path(out_dir) / name))
+        run = resolve_run_dir(spec)
+        if not (run / "summary.json").exists():
+            run = train(spec, verbose=verbose)
+        cache = run / "study_metrics.csv"
+        if cache.exists():
+            table = pd.read_csv(cache)
+        else:
+            table = score_run(run, score_cases, tolerance_mm=tolerance_mm)
+            table.to_csv(cache, index=False)
+        tables.append(table.assign(recipe=name))
+        summary = json.loads((run / "summary.json").read_text())
+        split = json.loads((run / "split.json").read_text())
+        runs.append({"recipe": name, "train_cases": len(split["train"]), "epochs": spec.epochs,
+                     "volumes_seen": spec.epochs * spec.steps_per_epoch * spec.batch_size,
+                     "minutes": round(summary["seconds_this_session"] / 60, 2),
+                     "best_epoch": summary.get("best_epoch")})
+    metrics = pd.concat(tables, ignore_index=True)
+    metrics = metrics[["recipe"] + [c for c in metrics.columns if c != "recipe"]]
+    return metrics, pd.DataFrame(runs)

@@ -29,7 +29,7 @@ from medseg_tf.errors import DataError, OverwriteError
 from medseg_tf.io import Volume, case_id, load_nifti, nifti_files, reorient_to_ras, save_nifti
 
 __all__ = ["Case", "MSDDataset", "write_msd_dataset", "check_dataset",
-           "split_cases", "kfold_split"]
+           "split_cases", "subsample_cases", "kfold_split"]
 
 #: Maximum difference between image and label affines still counted as equal (mm).
 AFFINE_TOLERANCE = 1e-3
@@ -290,6 +290,24 @@ def split_cases(case_ids: list[str], val_fraction: float = 0.2, seed: int = 0) -
     train = [c for i, c in enumerate(case_ids) if i not in val_idx]
     val = [c for i, c in enumerate(case_ids) if i in val_idx]
     return train, val
+
+
+def subsample_cases(case_ids: list[str], n: int | None, seed: int = 0) -> list[str]:
+    """``n`` of ``case_ids`` drawn with ``seed``, in their original order (all of them if ``n`` is None).
+
+    For one ``seed`` the subsets are nested: the first ``n`` of one seeded permutation.
+
+    >>> ids = [f"c{i}" for i in range(6)]
+    >>> small, large = subsample_cases(ids, 2, seed=1), subsample_cases(ids, 4, seed=1)
+    >>> len(small), len(large), set(small) <= set(large), subsample_cases(ids, None) == ids
+    (2, 4, True, True)
+    """
+    if n is None or n >= len(case_ids):
+        return list(case_ids)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    keep = set(np.random.default_rng(seed).permutation(len(case_ids))[:n].tolist())
+    return [c for i, c in enumerate(case_ids) if i in keep]
 
 
 def kfold_split(case_ids: list[str], folds: int, fold: int, seed: int = 0) -> tuple[list[str], list[str]]:

@@ -100,7 +100,9 @@ def load_keras(model_path: str | os.PathLike):
     except Exception as exc:
         raise DataError(path, f"cannot be loaded by Keras ({_first_line(exc)})") from None
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    return model, config
+    from medseg_tf.models import main_output
+
+    return main_output(model), config
 
 
 def _first_line(exc: BaseException) -> str:

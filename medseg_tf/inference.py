@@ -61,6 +61,7 @@ __all__ = [
     "sliding_window_starts",
     "predict_volume",
     "predict_case",
+    "predict_ensemble",
     "predict_probabilities",
     "tta_axes_from_config",
     "predict_folder",
@@ -375,6 +376,53 @@ def predict_case(model, image_path: str | os.PathLike, config: Mapping, *, tta: 
     return _predict_loaded(model, vol, config, tta=tta, lcc=lcc, batch_size=batch_size), vol.affine
 
 
+def predict_ensemble(members: Sequence[tuple], image_path: str | os.PathLike, *,
+                     weights: Sequence[float] | None = None, tta: bool = False, lcc: bool = False,
+                     batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Label map of one image from the averaged class probabilities of several models.
+
+    Each member predicts as :func:`predict_probabilities` (its own preprocessing, 2D or 3D, on the
+    image's native grid in RAS order); the probabilities are averaged (``weights``: a weighted mean),
+    then argmax, optional largest component per class, back to the stored voxel order. Averaging
+    probabilities, not labels, is nnU-Net's ensembling of configurations and folds.
+
+    Parameters
+    ----------
+    members : sequence of (keras.Model, RunSpec or mapping)
+        The models and their run specs (as :func:`load_run` returns them); all with the same classes.
+    image_path : path
+        A ``.nii.gz`` image.
+    weights : sequence of float or None
+        One non-negative weight per member (None: equal).
+    tta, lcc, batch_size
+        As :func:`predict_case`.
+
+    Returns
+    -------
+    labels : np.ndarray
+        uint8, the stored shape and voxel order of the image file.
+    affine : np.ndarray
+        The image's 4x4 affine.
+    """
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    weights = np.ones(len(members)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if weights.shape != (len(members),) or np.any(weights < 0) or weights.sum() <= 0:
+        raise ValueError(f"weights must be {len(members)} non-negative numbers with a positive sum, "
+                         f"got {weights.tolist()}")
+    vol = io.load_nifti(image_path)
+    total = None
+    for (model, config), weight in zip(members, weights / weights.sum()):
+        _, probs = _probabilities_loaded(model, vol, config, tta=tta, batch_size=batch_size)
+        if total is not None and probs.shape != total.shape:
+            raise ValueError(f"ensemble members disagree on the output shape: {probs.shape} vs {total.shape}")
+        total = probs * weight if total is None else total + probs * weight
+    labels = _labels_from_probs(total)
+    if lcc:
+        labels = keep_largest_component(labels)
+    return io.reorient_from_ras(labels, vol), vol.affine
+
+
 # --------------------------------------------------------------------------- folders
 def load_run(run_dir: str | os.PathLike) -> tuple[keras.Model, RunSpec]:
     """Load ``model.keras`` (uncompiled) and the run spec (``config.json``) of a run folder.
@@ -395,7 +443,9 @@ def load_run(run_dir: str | os.PathLike) -> tuple[keras.Model, RunSpec]:
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a damaged file
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise DataError(model_path, f"cannot be read as a Keras model (corrupt or truncated? {reason})") from None
-    return model, config
+    from medseg_tf.models import main_output
+
+    return main_output(model), config
 
 
 def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,

@@ -250,6 +250,17 @@ def unet(input_shape: Sequence[int | None] = (None, None, 1), num_classes: int =
     return keras.Model(inputs, outputs, name=name)
 
 
+def main_output(model: keras.Model) -> keras.Model:
+    """The model itself, or for a deep-supervision U-Net the model of its full-resolution output only.
+
+    Prediction, export and benchmarks use this: the coarser outputs only serve the training loss.
+    The returned model shares the weights (no copy).
+    """
+    if len(model.outputs) == 1:
+        return model
+    return keras.Model(model.inputs, model.outputs[0], name=model.name)
+
+
 def unet_receptive_field(depth: int = 4, kernel_size: int = 3, convs_per_block: int = 2) -> int:
     """Receptive field (voxels along one axis) of an output voxel of :func:`unet`.
 

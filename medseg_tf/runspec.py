@@ -221,6 +221,13 @@ class RunSpec(Mapping):
         :func:`medseg_tf.augment.random_augment`); its flips decide :attr:`mirror_axes`.
     max_cases : int or None
         Use only the first ``max_cases`` cases of the data set (before the split).
+    max_train_cases : int or None
+        Train on only this many of the split's training cases (a subset drawn with ``seed``; the
+        validation cases are unchanged). Learning curves: with the same ``split_seed``, the subsets
+        of one ``seed`` are nested (the 10 cases include the 5).
+    split_seed : int or None
+        Seed of the training/validation split (and of the folds); None: ``seed``. Fix it to vary
+        ``seed`` (initialisation, data stream, subset) over the same validation cases.
     mixed_precision, jit_compile : "auto" or bool
         ``"auto"``: on with a GPU, off on a CPU.
     out_dir : str or None
@@ -267,6 +274,8 @@ class RunSpec(Mapping):
     foreground_fraction: float = 0.5
     augment: bool | dict = True
     max_cases: int | None = None
+    max_train_cases: int | None = None
+    split_seed: int | None = None
     mixed_precision: str | bool = "auto"
     jit_compile: str | bool = "auto"
     out_dir: str | None = None
@@ -306,8 +315,8 @@ class RunSpec(Mapping):
         for key in ("input_shape", "num_classes"):
             if key in self.model:
                 raise ConfigError("model", f"key {key!r} is set by the trainer, remove it")
-        if self.model.get("deep_supervision"):
-            raise ConfigError("model", "deep_supervision=True is not supported by the trainer")
+        if self.model.get("deep_supervision") and self.model.get("skips") is False:
+            raise ConfigError("model", "deep_supervision=True needs skips=True")
         _check_unet_kwargs(self.model)
         if any(s % self.divisor for s in self.patch_size):
             raise ConfigError("patch_size", f"{self.patch_size} must be divisible by 2**depth = {self.divisor} "
@@ -342,6 +351,12 @@ class RunSpec(Mapping):
             self.max_cases = _as_int("max_cases", self.max_cases)
             if self.max_cases < 2:
                 raise ConfigError("max_cases", f"must be >= 2 (train + validation) or None, got {self.max_cases}")
+        if self.max_train_cases is not None:
+            self.max_train_cases = _as_int("max_train_cases", self.max_train_cases)
+            if self.max_train_cases < 1:
+                raise ConfigError("max_train_cases", f"must be >= 1 or None, got {self.max_train_cases}")
+        if self.split_seed is not None:
+            self.split_seed = _as_int("split_seed", self.split_seed)
         for name in ("mixed_precision", "jit_compile"):
             value = getattr(self, name)
             if value != "auto" and not isinstance(value, bool):
@@ -374,6 +389,28 @@ class RunSpec(Mapping):
             raise ConfigError("checkpoint", f"must be one of {', '.join(CHECKPOINTS)}, got {self.checkpoint!r}")
 
     # ---------------------------------------------------------------- derived values (computed here only)
+
+    @property
+    def deep_supervision_weights(self) -> tuple[float, ...]:
+        """Loss weight of each output, full resolution first: ``1, 1/2, 1/4, ...`` normalised to sum 1.
+
+        With ``model["deep_supervision"]`` the U-Net has ``depth`` outputs (full resolution and the
+        decoder levels 1 .. depth-1, each at half the previous resolution); nnU-Net's weights, except
+        that the coarsest output keeps its weight (nnU-Net has more levels and zeroes its coarsest).
+        Without deep supervision: ``(1.0,)``.
+
+        >>> [round(w, 3) for w in RunSpec(dims=2, model={"depth": 3, "deep_supervision": True}).deep_supervision_weights]
+        [0.571, 0.286, 0.143]
+        """
+        if not self.model.get("deep_supervision"):
+            return (1.0,)
+        raw = [0.5 ** level for level in range(self.depth)]
+        return tuple(w / sum(raw) for w in raw)
+
+    @property
+    def effective_split_seed(self) -> int:
+        """Seed of the training/validation split: ``split_seed``, or ``seed`` when it is None."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     @property
     def depth(self) -> int:

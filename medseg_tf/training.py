@@ -72,8 +72,8 @@ import numpy as np
 import tensorflow as tf
 
 from medseg_tf import settings
-from medseg_tf.callbacks import (EpochLogger, TensorBoardScalars, ThrottledProgbar, _LearningRateLogger,
-                                 _resolve_verbose)
+from medseg_tf.callbacks import (DeepSupervisionLogs, EpochLogger, TensorBoardScalars, ThrottledProgbar,
+                                 _LearningRateLogger, _resolve_verbose)
 from medseg_tf.distributed import fit_distributed
 from medseg_tf.errors import ConfigError, OverwriteError
 from medseg_tf.losses import dice_metrics, get_loss
@@ -208,7 +208,29 @@ def make_datasets(config: TrainConfig, train_volumes, val_volumes, *, global_bat
     n_val = (sum(v.shape[config.slice_axis] for v in val_volumes[0]) if config.dims == 2
              else len(val_volumes[0]))
     val_ds = val_ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n_val / global_batch_size)))
+    if len(config.deep_supervision_weights) > 1:
+        train_ds, val_ds = (ds.map(_deep_supervision_targets(config), num_parallel_calls=tf.data.AUTOTUNE)
+                            for ds in (train_ds, val_ds))
     return train_ds, val_ds, val_patch
+
+
+def _deep_supervision_targets(config: TrainConfig):
+    """Map ``(x, y) -> (x, (y, y at 1/2, y at 1/4, ...))``: labels for each deep-supervision output.
+
+    Each coarser label keeps every second voxel along each spatial axis (nearest neighbour, like
+    nnU-Net's order-0 downsampling of the segmentation).
+    """
+    levels = len(config.deep_supervision_weights)
+    dims = config.dims
+
+    def targets(x, y):
+        out = [y]
+        for level in range(1, levels):
+            step = 2 ** level
+            out.append(y[(slice(None),) + (slice(None, None, step),) * dims])
+        return x, tuple(out)
+
+    return targets
 
 
 # =========================================================================== model
@@ -228,13 +250,18 @@ def build_model(config: TrainConfig, num_classes: int, class_names: Sequence[str
     loss_name, loss_kwargs = _loss_name_kwargs(config.loss)
     lr = make_schedule(config.schedule, config.learning_rate, epochs=config.epochs,
                        steps_per_epoch=config.steps_per_epoch)
+    weights = config.deep_supervision_weights
     with runtime.strategy.scope():
         with _dtype_policy(runtime.mixed_precision):
             model = unet((None,) * config.dims + (config.input_channels,), num_classes, **config.model)
-        model.compile(optimizer=make_optimizer(config.optimizer, lr),
-                      loss=get_loss(loss_name, **loss_kwargs),
-                      metrics=dice_metrics(class_names),
-                      jit_compile=runtime.jit_compile)
+        if len(weights) == 1:
+            loss, metrics, loss_weights = get_loss(loss_name, **loss_kwargs), dice_metrics(class_names), None
+        else:  # deep supervision: one loss per output, Dice of the full-resolution output only
+            loss = [get_loss(loss_name, **loss_kwargs) for _ in weights]
+            metrics = [dice_metrics(class_names)] + [None] * (len(weights) - 1)
+            loss_weights = list(weights)
+        model.compile(optimizer=make_optimizer(config.optimizer, lr), loss=loss, loss_weights=loss_weights,
+                      metrics=metrics, jit_compile=runtime.jit_compile)
     return model
 
 
@@ -275,7 +302,7 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, overwrite: bool 
         raise OverwriteError(f"{run_dir}: is a file, not a run folder; choose another out_dir (--out)")
 
     # read and check every input before the run folder is touched, so a failure leaves nothing behind
-    from medseg_tf.datasets import kfold_split, split_cases
+    from medseg_tf.datasets import kfold_split, split_cases, subsample_cases
 
     dataset = open_dataset(config.data)
     case_ids = dataset.case_ids[: config.max_cases] if config.max_cases else dataset.case_ids
@@ -283,9 +310,10 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, overwrite: bool 
         if config.folds > len(case_ids):
             raise ConfigError("folds", f"{config.folds} folds need at least as many cases, the data has "
                                        f"{len(case_ids)}")
-        train_ids, val_ids = kfold_split(case_ids, config.folds, config.fold, config.seed)
+        train_ids, val_ids = kfold_split(case_ids, config.folds, config.fold, config.effective_split_seed)
     else:
-        train_ids, val_ids = split_cases(case_ids, config.val_fraction, config.seed)
+        train_ids, val_ids = split_cases(case_ids, config.val_fraction, config.effective_split_seed)
+    train_ids = subsample_cases(train_ids, config.max_train_cases, config.seed)
     if not train_ids or not val_ids:
         raise ConfigError("val_fraction", f"{len(case_ids)} case(s) cannot be split into training and "
                                           f"validation with val_fraction={config.val_fraction}")
@@ -332,6 +360,8 @@ def _train_locked(config: TrainConfig, runtime: Runtime, run_dir: Path, dataset,
     # order matters: the learning rate joins the logs first; the backup comes after the files
     # of the epoch are written, so a restored epoch always has its history row and checkpoint
     all_callbacks: list[keras.callbacks.Callback] = [_LearningRateLogger()]
+    if len(config.deep_supervision_weights) > 1:  # first: the others see the plain metric names
+        all_callbacks.insert(0, DeepSupervisionLogs())
     if runtime.is_chief:
         all_callbacks += [
             keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), monitor="val_dice_mean", mode="max",

@@ -1,0 +1,154 @@
+"""Issue 16's levers: nnU-Net augmentation, deep supervision, learning-curve subsets, ensembles, studies."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from scipy import ndimage
+
+from medseg_tf.augment import NNUNET_AUGMENT, random_augment
+from medseg_tf.datasets import subsample_cases
+from medseg_tf.errors import ConfigError
+from medseg_tf.runspec import RunSpec
+
+OFF = dict(flips=False, rot90=False, max_rotation_deg=0.0, scale_range=None, gamma_range=None, noise_std=0.0,
+           contrast_range=None)
+
+
+@pytest.mark.parametrize("shape", [(20, 24, 1), (20, 24, 18, 1)])
+def test_blur_is_scipys_gaussian_with_mirrored_edges(shape):
+    x = np.random.default_rng(0).normal(size=shape).astype("float32")
+    label = np.zeros(shape[:-1], np.int32)
+    out, _ = random_augment(x, label, tf.constant([1, 2]), **OFF, blur_sigma=(0.8, 0.8), p=1.0)
+    expected = ndimage.gaussian_filter(x[..., 0], 0.8, mode="mirror", truncate=3 / 0.8)
+    np.testing.assert_allclose(out.numpy()[..., 0], expected, atol=1e-5)
+
+
+def test_brightness_multiplies_and_low_resolution_keeps_shape():
+    x = np.random.default_rng(1).normal(size=(16, 16, 8, 1)).astype("float32")
+    label = np.zeros(x.shape[:-1], np.int32)
+    out, _ = random_augment(x, label, tf.constant([3, 4]), **OFF, brightness_range=(1.2, 1.2), p=1.0)
+    np.testing.assert_allclose(out.numpy(), 1.2 * x, rtol=1e-6)
+    low, _ = random_augment(x, label, tf.constant([3, 4]), **OFF, low_res_range=(0.5, 0.5), p=1.0)
+    assert low.shape == x.shape and not np.allclose(low.numpy(), x)
+    # half resolution in x and y: the slice is blockier (smaller high-frequency energy), z is untouched
+    assert np.abs(np.diff(low.numpy(), axis=0)).mean() < np.abs(np.diff(x, axis=0)).mean()
+
+
+@pytest.mark.parametrize("bad", [dict(blur_sigma=(0.5, 2.0)), dict(low_res_range=(0.5, 1.5)),
+                                 dict(brightness_range=(1.2, 0.8)), dict(blur_sigma=(0.0, 1.0))])
+def test_new_transforms_refuse_impossible_ranges(bad):
+    with pytest.raises(ValueError):
+        random_augment(np.zeros((8, 8, 1), "float32"), np.zeros((8, 8), np.int32), tf.constant([0, 0]), **bad)
+
+
+@pytest.mark.parametrize("shape", [(32, 40, 1), (24, 32, 16, 1)])
+def test_nnunet_set_touches_the_image_only_beyond_the_spatial_transform(shape):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=shape).astype("float32")
+    label = rng.integers(0, 3, size=shape[:-1]).astype(np.int32)
+    for s in range(4):
+        seed = tf.constant([s, 7])
+        image, out = random_augment(x, label, seed, **{**NNUNET_AUGMENT, "p": 1.0})
+        assert image.shape == x.shape and set(np.unique(out.numpy())) <= {0, 1, 2}
+        # the intensity-only transforms draw from their own sub-seeds: the label is the same without them
+        spatial_only = {**NNUNET_AUGMENT, "p": 1.0, "blur_sigma": None, "brightness_range": None,
+                        "low_res_range": None, "gamma_range": None, "noise_std": 0.0, "contrast_range": None}
+        _, same = random_augment(x, label, seed, **spatial_only)
+        np.testing.assert_array_equal(out.numpy(), same.numpy())
+
+
+def test_subsets_are_nested_and_seeded():
+    ids = [f"c{i:03d}" for i in range(40)]
+    subsets = [subsample_cases(ids, n, seed=3) for n in (5, 10, 20)]
+    assert [len(s) for s in subsets] == [5, 10, 20]
+    assert set(subsets[0]) < set(subsets[1]) < set(subsets[2])
+    assert subsample_cases(ids, 5, seed=4) != subsets[0]
+    assert subsets[1] == sorted(subsets[1])  # original order kept
+    with pytest.raises(ValueError):
+        subsample_cases(ids, 0)
+
+
+def test_spec_fields_for_learning_curves_and_deep_supervision():
+    spec = RunSpec(dims=2, seed=3, split_seed=0, max_train_cases=5, model={"depth": 4, "deep_supervision": True})
+    assert spec.effective_split_seed == 0 and RunSpec(seed=3).effective_split_seed == 3
+    weights = spec.deep_supervision_weights
+    assert len(weights) == 4 and sum(weights) == pytest.approx(1.0) and weights[0] == 2 * weights[1]
+    assert RunSpec(dims=2).deep_supervision_weights == (1.0,)
+    for bad, key in (({"max_train_cases": 0}, "max_train_cases"),
+                     ({"model": {"deep_supervision": True, "skips": False}}, "model")):
+        with pytest.raises(ConfigError) as info:
+            RunSpec(**bad)
+        assert info.value.key == key
+
+
+def test_deep_supervision_logs_take_single_output_names():
+    from medseg_tf.callbacks import DeepSupervisionLogs
+
+    logs = {"loss": 1.0, "output_loss": 0.6, "output_ds1_loss": 0.8, "output_dice_mean": 0.5,
+            "val_output_dice_A": 0.4, "val_output_ds1_loss": 0.9, "val_loss": 1.1}
+    DeepSupervisionLogs().on_epoch_end(0, logs)
+    assert logs == {"loss": 1.0, "output_loss": 0.6, "output_ds1_loss": 0.8, "dice_mean": 0.5,
+                    "val_dice_A": 0.4, "val_output_ds1_loss": 0.9, "val_loss": 1.1}
+
+
+def _tiny(out_dir, dims=2, **changes):
+    spec = dict(dims=dims, epochs=2, steps_per_epoch=2, batch_size=2, max_cases=6, split_seed=0,
+                patch_size=[32] * dims, model={"depth": 2, "base_filters": 4}, checkpoint="last",
+                out_dir=str(out_dir))
+    spec.update(changes)
+    return spec
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dims", [2, 3])
+def test_deep_supervision_trains_and_predicts_like_a_single_output_model(tmp_path, phantom_root, dims):
+    from medseg_tf.crossval import score_run
+    from medseg_tf.inference import load_run
+    from medseg_tf.training import train
+
+    run = train(_tiny(tmp_path / "ds", dims, data=str(phantom_root), max_train_cases=3,
+                      model={"depth": 2, "base_filters": 4, "deep_supervision": True, "norm": "instance",
+                             "activation": "leaky_relu"}), verbose=0)
+    history = pd.read_csv(run / "history.csv")
+    assert {"val_dice_mean", "val_dice_Anterior", "output_ds1_loss"} <= set(history.columns)
+    assert history["val_dice_mean"].between(0, 1).all()
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["train"]) == 3 and len(split["val"]) == 1  # subset of the 5 training cases
+    model, _ = load_run(run)
+    assert len(model.outputs) == 1  # prediction sees the full-resolution output only
+    table = score_run(run)
+    assert set(table["case"]) == set(split["val"]) and table["dice"].between(0, 1).all()
+
+
+@pytest.mark.slow
+def test_study_trains_once_scores_given_cases_and_ensembles(tmp_path, phantom_root):
+    from medseg_tf.crossval import run_study, score_run, summarize_study
+    from medseg_tf.inference import load_run, predict_case, predict_ensemble
+
+    recipes = {"plain": _tiny("x", data=str(phantom_root)),
+               "nnunet": _tiny("x", data=str(phantom_root), augment={**NNUNET_AUGMENT, "flips": [0]})}
+    cases = ["phantom_000", "phantom_001"]
+    metrics, runs = run_study(recipes, tmp_path / "study", score_cases=cases, verbose=0)
+    assert set(metrics["recipe"]) == {"plain", "nnunet"} and set(metrics["case"]) == set(cases)
+    assert list(runs["volumes_seen"]) == [8, 8] and list(runs["train_cases"]) == [5, 5]
+    stamp = (tmp_path / "study" / "plain" / "model.keras").stat().st_mtime_ns
+    again, _ = run_study(recipes, tmp_path / "study", score_cases=cases, verbose=0)
+    assert (tmp_path / "study" / "plain" / "model.keras").stat().st_mtime_ns == stamp  # not retrained
+    pd.testing.assert_frame_equal(again, metrics)
+    assert list(summarize_study(metrics).columns) == ["Anterior", "Posterior", "mean"]
+
+    runs_dirs = [tmp_path / "study" / name for name in recipes]
+    members = [load_run(r) for r in runs_dirs]
+    image = phantom_root / "imagesTr" / "phantom_000.nii.gz"
+    alone, _ = predict_case(members[0][0], image, members[0][1])
+    doubled, _ = predict_ensemble([members[0], members[0]], image)
+    np.testing.assert_array_equal(alone, doubled)  # an ensemble of one model with itself is that model
+    only_first, _ = predict_ensemble(members, image, weights=[1.0, 0.0])
+    np.testing.assert_array_equal(alone, only_first)
+    with pytest.raises(ValueError, match="weights"):
+        predict_ensemble(members, image, weights=[1.0])
+    both = score_run(runs_dirs, cases)
+    assert len(both) == 2 * len(cases) and both["dice"].between(0, 1).all()
