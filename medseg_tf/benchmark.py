@@ -201,7 +201,7 @@ def _reset_gpu_peaks(n_gpus: int) -> None:
 
 
 def synthetic_batch(batch_size: int, patch_size: Sequence[int], num_classes: int = 3, *,
-                    foreground: float = 0.05, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                    foreground: float = 0.05, seed: int = 0, channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """A random batch shaped like the training batches.
 
     Parameters
@@ -215,10 +215,12 @@ def synthetic_batch(batch_size: int, patch_size: Sequence[int], num_classes: int
     foreground : float
         Share of foreground voxels, in ``[0, 1]``.
     seed : int
+    channels : int
+        Input channels (``2 * context_slices + 1`` for a 2.5D model).
 
     Returns
     -------
-    x : np.ndarray, float32, shape (batch_size, *patch_size, 1)
+    x : np.ndarray, float32, shape (batch_size, *patch_size, channels)
         Standard normal intensities.
     y : np.ndarray, int32, shape (batch_size, *patch_size)
     """
@@ -230,7 +232,7 @@ def synthetic_batch(batch_size: int, patch_size: Sequence[int], num_classes: int
         raise ValueError(f"foreground must be in [0, 1], got {foreground}")
     rng = np.random.default_rng(seed)
     shape = (int(batch_size), *(int(s) for s in patch_size))
-    x = rng.standard_normal(shape + (1,), dtype=np.float32)
+    x = rng.standard_normal(shape + (int(channels),), dtype=np.float32)
     p = [1.0 - foreground] + [foreground / (num_classes - 1)] * (num_classes - 1)
     y = rng.choice(num_classes, size=shape, p=p).astype(np.int32)
     return x, y
@@ -267,7 +269,7 @@ def measure_training_speed(dims: int = 2, batch_size: int = 16, patch_size: Sequ
                            model: Mapping | None = None, loss: str | Mapping = "dice_ce",
                            mixed_precision: str | bool = "auto", jit_compile: str | bool = "auto",
                            target_spacing: Sequence[float] | None = None, augment: bool | Mapping = True,
-                           num_classes: int = 3,
+                           num_classes: int = 3, context_slices: int = 0,
                            max_cases: int | None = 16, seed: int = 0) -> dict:
     """Time training steps of a U-Net and record the peak memory.
 
@@ -302,6 +304,9 @@ def measure_training_speed(dims: int = 2, batch_size: int = 16, patch_size: Sequ
         Augmentation of the pipeline's batches, as ``TrainConfig.augment`` (ignored with synthetic data).
     num_classes : int
         Output classes with synthetic data (a data set brings its own).
+    context_slices : int
+        2D only: neighbouring slices on each side fed as channels (a 2.5D model reads
+        ``2 * context_slices + 1`` channels, from the pipeline or the synthetic batch alike).
     max_cases : int or None
         Cases loaded from ``data`` (None: all).
     seed : int
@@ -345,7 +350,8 @@ def measure_training_speed(dims: int = 2, batch_size: int = 16, patch_size: Sequ
                          model=dict(model or {}), loss=loss, schedule="constant", epochs=1,
                          steps_per_epoch=total, batch_size=batch_size, seed=seed, augment=augment,
                          target_spacing=None if target_spacing is None else tuple(target_spacing),
-                         mixed_precision=mixed_precision, jit_compile=jit_compile)
+                         mixed_precision=mixed_precision, jit_compile=jit_compile,
+                         context_slices=int(context_slices))
     runtime = resolve_runtime(config)
     if runtime.strategy_name == "multi_worker":
         raise ValueError("measure_training_speed runs in one process; unset TF_CONFIG "
@@ -360,7 +366,8 @@ def measure_training_speed(dims: int = 2, batch_size: int = 16, patch_size: Sequ
 
     if data is None:
         class_names = ["background"] + [f"class_{c}" for c in range(1, int(num_classes))]
-        x, y = synthetic_batch(global_batch, config.patch_size, len(class_names), seed=seed)
+        x, y = synthetic_batch(global_batch, config.patch_size, len(class_names), seed=seed,
+                               channels=config.input_channels)
         train_ds = tf.data.Dataset.from_tensors((x, y)).repeat()
         data_name = "synthetic"
     else:
@@ -1044,7 +1051,7 @@ def bench(*, dims: Sequence[int] = (3,), models: Sequence[str | os.PathLike] = (
                         plan.append(("train", d, kwargs, patch, b, prec, jit, ref["in_channels"]))
             for name in data:
                 if name != "synthetic":
-                    plan.append(("pipeline", d, kwargs, patch, sizes[0], name))
+                    plan.append(("pipeline", d, kwargs, patch, sizes[0], name, ref["in_channels"]))
             volume = (16, 16, 16) if quick else (48, 64, 48)
             for prec in precisions:
                 for jit in xla:
@@ -1061,14 +1068,16 @@ def bench(*, dims: Sequence[int] = (3,), models: Sequence[str | os.PathLike] = (
             row = measure_training_synthetic(d, b, patch, model=kwargs, in_channels=ch, precision=prec, xla=jit,
                                              steps=steps, warmup_steps=1 if quick else 2, repeats=repeats)
         elif kind == "pipeline":
-            _, d, kwargs, patch, b, name = item
+            _, d, kwargs, patch, b, name, ch = item
+            # the same input channels as the synthetic row: a 2.5D model reads 2 * context_slices + 1 slices
             old = measure_training_speed(d, b, patch, steps * repeats, warmup_steps=1 if quick else 3, data=name,
                                          model=kwargs, max_cases=4 if quick else 16,
                                          augment=False if quick else True, mixed_precision=False,
-                                         jit_compile=False)
-            net = build_unet(d, kwargs)
+                                         jit_compile=False, context_slices=(ch - 1) // 2 if d == 2 else 0)
+            net = build_unet(d, kwargs, in_channels=ch)
             flops = forward_flops(net, patch)
-            row = {"kind": "train", "model": old["model"], "source": "keras", "dims": d, "input": old["patch_size"],
+            row = {"kind": "train", "model": old["model"], "source": "keras", "dims": d,
+                   "input": old["patch_size"] + (f"x{ch}ch" if ch != 1 else ""),
                    "batch_size": b, "precision": "float32", "xla": False, "data": old["data"],
                    "repeats": 1, "params": int(net.count_params()), "gflop_per_sample": flops / 1e9,
                    "samples_per_s": old["samples_per_s"], "ms_per_batch": old["step_ms"],

@@ -94,6 +94,24 @@ def test_measure_on_the_input_pipeline(phantom_root):
         assert math.isnan(row["peak_device_mb"])
 
 
+@pytest.mark.parametrize("data", ["pipeline", "synthetic"])
+def test_measure_feeds_a_2_5d_model_its_context_slices(phantom_root, data, monkeypatch):
+    # the 2D row of `bench` is a 2.5D model (5 slices in): pipeline and synthetic batches must both carry
+    # 2 * context_slices + 1 channels, and the model must be built for them
+    seen = []
+    original = benchmark.keras.Model.fit
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.input_shape[-1])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(benchmark.keras.Model, "fit", spy)
+    row = benchmark.measure_training_speed(2, 2, (32, 32), steps=1, warmup_steps=1,
+                                           data=str(phantom_root) if data == "pipeline" else None,
+                                           model={"depth": 2, "base_filters": 4}, max_cases=2, context_slices=2)
+    assert seen == [5] and row["samples_per_s"] > 0
+
+
 def _rows():
     return [{"device": "CPU (2 cores)", "dims": 2, "model": "unet d4 f16", "batch_size": 16, "global_batch_size": 16,
              "patch_size": "48x64", "steps": 30, "precision": "float32", "jit": False, "strategy": "default",
