@@ -28,7 +28,7 @@ from medseg_tf import io
 from medseg_tf.errors import OverwriteError
 from medseg_tf.runspec import RunSpec
 
-__all__ = ["cross_validate", "run_study", "score_run", "summarize_folds", "summarize_study"]
+__all__ = ["cross_validate", "paired_difference", "split_halves", "run_study", "score_run", "summarize_folds", "summarize_study"]
 
 
 def summarize_folds(table: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
@@ -169,8 +169,61 @@ def summarize_study(table: pd.DataFrame, metric: str = "dice", by: str = "recipe
     return out
 
 
+def split_halves(case_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Cut held-out cases into two fixed halves, ``(select, test)``: the sorted ids, alternately.
+
+    Compare recipes on ``select``; report the chosen one once on ``test``, which chose nothing.
+
+    >>> split_halves(["c4", "c1", "c3", "c2", "c5"])
+    (['c1', 'c3', 'c5'], ['c2', 'c4'])
+    """
+    ordered = sorted(case_ids)
+    return ordered[0::2], ordered[1::2]
+
+
+def paired_difference(table: pd.DataFrame, recipe: str, baseline: str, *, metric: str = "dice",
+                      by: str = "recipe", n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Mean per-case difference ``recipe - baseline`` per class, with a 95 % bootstrap interval over cases.
+
+    Both recipes must be scored on the same cases; the difference is taken case by case (paired), which
+    removes the case-to-case spread that both share, then the cases are resampled with replacement
+    (``n_boot`` times, seeded) for the percentile interval. A class's row also gives ``wins``: the share
+    of cases where ``recipe`` scored higher.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index: the classes and ``mean`` (the per-case mean over classes); columns ``diff``, ``low``,
+        ``high``, ``wins``, ``cases``.
+
+    >>> t = pd.DataFrame({"recipe": ["a"] * 4 + ["b"] * 4, "case": ["1", "2", "3", "4"] * 2,
+    ...                   "class": ["X"] * 8, "dice": [0.8, 0.7, 0.9, 0.6, 0.82, 0.71, 0.93, 0.6]})
+    >>> row = paired_difference(t, "b", "a").loc["X"]
+    >>> round(float(row["diff"]), 4), int(row["cases"]), float(row["wins"])
+    (0.015, 4, 0.75)
+    """
+    wide = table[table[by].isin([recipe, baseline])].pivot_table(index=["case", "class"], columns=by,
+                                                                  values=metric, aggfunc="mean")
+    if recipe not in wide or baseline not in wide:
+        raise ValueError(f"{recipe!r} and {baseline!r} must both be in the table's {by!r} column")
+    wide = wide.dropna()
+    diff = (wide[recipe] - wide[baseline]).unstack("class")
+    diff["mean"] = diff.mean(axis=1)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(diff), size=(int(n_boot), len(diff)))
+    rows = {}
+    for name in diff.columns:
+        values = diff[name].to_numpy()
+        boot = values[picks].mean(axis=1)
+        rows[name] = {"diff": values.mean(), "low": np.percentile(boot, 2.5), "high": np.percentile(boot, 97.5),
+                      "wins": float(np.mean(values > 0)), "cases": len(values)}
+    out = pd.DataFrame(rows).T
+    out["cases"] = out["cases"].astype(int)
+    return out
+
+
 def run_study(recipes: Mapping[str, RunSpec | Mapping], out_dir: str | os.PathLike, *,
-              score_cases: list[str] | None = None, verbose: int | str = 2,
+              score_cases: list[str] | None = None, verbose: int | str = 2, overwrite: bool = False,
               tolerance_mm: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train each named recipe once (resuming finished or interrupted runs) and score it.
 
@@ -185,6 +238,8 @@ def run_study(recipes: Mapping[str, RunSpec | Mapping], out_dir: str | os.PathLi
         recipe trained on (and that chose nothing) for an unbiased comparison.
     verbose, tolerance_mm
         As :func:`cross_validate`.
+    overwrite : bool
+        Retrain a recipe whose folder holds a *different* finished recipe (without it: OverwriteError).
 
     Returns
     -------
@@ -194,8 +249,9 @@ def run_study(recipes: Mapping[str, RunSpec | Mapping], out_dir: str | os.PathLi
         One row per recipe: ``train_cases``, ``epochs``, ``volumes_seen`` (epochs x steps x batch),
         ``minutes`` (training wall time, this machine, as loaded as it was), ``best_epoch``.
 
-    A finished run is not retrained, and its scores are kept in ``<run>/study_metrics.csv``, so an
-    interrupted study continues where it stopped.
+    A finished run of the same recipe is not retrained, and its scores are kept in
+    ``<run>/study_metrics.csv`` (for the same ``score_cases``), so an interrupted study continues where it
+    stopped.
     """
     import json
 
@@ -206,12 +262,14 @@ def run_study(recipes: Mapping[str, RunSpec | Mapping], out_dir: str | os.PathLi
         spec = RunSpec.coerce(recipe)
         spec = spec.replace(out_dir=str(Path(out_dir) / name))
         run = resolve_run_dir(spec)
-        if not (run / "summary.json").exists():
-            run = train(spec, verbose=verbose)
+        finished = (run / "summary.json").exists() and (run / "config.json").exists()
+        if not finished or RunSpec.from_json(run / "config.json").to_dict() != spec.to_dict():
+            # a different recipe under the same name is never reused: train() refuses it without overwrite
+            run = train(spec, verbose=verbose, overwrite=overwrite)
+            (run / "study_metrics.csv").unlink(missing_ok=True)  # scores of an older model
         cache = run / "study_metrics.csv"
-        if cache.exists():
-            table = pd.read_csv(cache)
-        else:
+        table = pd.read_csv(cache, dtype={"case": str}) if cache.exists() else None
+        if table is None or (score_cases is not None and sorted(set(table["case"])) != sorted(score_cases)):
             table = score_run(run, score_cases, tolerance_mm=tolerance_mm)
             table.to_csv(cache, index=False)
         tables.append(table.assign(recipe=name))

@@ -17,7 +17,7 @@ interrupted study resumes) and writes two tables into ``benchmarks/accuracy/``: 
 How the 200 shared cases are used, so that the estimates are honest:
 
 * every run splits them as the shipped models did (``split_seed=0``, 160 training / 40 validation);
-* the 40 validation cases are cut into two fixed halves by :func:`halves`: **select** (20) and
+* the 40 validation cases are cut into two fixed halves by :func:`medseg_tf.crossval.split_halves`: **select** (20) and
   **test** (20). Recipes are compared on the select half only; the test half chooses nothing and
   reports the chosen recipe (and the shipped models) once;
 * every run keeps its **last** epoch (``checkpoint="last"``): validation Dice chooses no epoch.
@@ -37,12 +37,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "accuracy"
-
-
-def halves(val_ids: list[str]) -> tuple[list[str], list[str]]:
-    """(select, test): the sorted validation cases, alternately."""
-    ordered = sorted(val_ids)
-    return ordered[0::2], ordered[1::2]
 
 
 def shipped(name: str) -> dict:
@@ -98,13 +92,13 @@ def score_shipped(extra: dict[str, list[Path]] | None = None) -> int:
     """Score the shipped models, their ensemble and LCC post-processing on the select and test halves."""
     import pandas as pd
 
-    from medseg_tf.crossval import score_run, summarize_study
+    from medseg_tf.crossval import score_run, split_halves, summarize_study
     from medseg_tf.datasets import split_cases
     from medseg_tf.sources import open_dataset
 
     dataset = open_dataset("hippocampus")
     _, val_ids = split_cases(dataset.case_ids, 0.2, 0)
-    select, test = halves(val_ids)
+    select, test = split_halves(val_ids)
     members = {"shipped_2d": [ROOT / "models" / "hippocampus_2d"],
                "shipped_3d": [ROOT / "models" / "hippocampus_3d"]}
     members["shipped_2d+3d"] = members["shipped_2d"] + members["shipped_3d"]
@@ -130,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="train only these recipes of the study")
     args = parser.parse_args(argv)
 
-    from medseg_tf.crossval import run_study, summarize_study
+    from medseg_tf.crossval import run_study, split_halves, summarize_study
     from medseg_tf.datasets import split_cases
     from medseg_tf.sources import open_dataset
 
@@ -143,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         recipes = {k: v for k, v in recipes.items() if k in args.only}
     dataset = open_dataset("hippocampus")
     _, val_ids = split_cases(dataset.case_ids, 0.2, 0)
-    select, test = halves(val_ids)
+    select, test = split_halves(val_ids)
     cases = {"select": select, "test": test, "val": val_ids}[study["score"]]
     metrics, runs = run_study(recipes, Path("study") / args.study, score_cases=cases)
     OUT.mkdir(parents=True, exist_ok=True)

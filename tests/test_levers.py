@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from medseg_tf.augment import NNUNET_AUGMENT, random_augment
 from medseg_tf.datasets import subsample_cases
-from medseg_tf.errors import ConfigError
+from medseg_tf.errors import ConfigError, OverwriteError
 from medseg_tf.runspec import RunSpec
 
 OFF = dict(flips=False, rot90=False, max_rotation_deg=0.0, scale_range=None, gamma_range=None, noise_std=0.0,
@@ -138,6 +138,9 @@ def test_study_trains_once_scores_given_cases_and_ensembles(tmp_path, phantom_ro
     again, _ = run_study(recipes, tmp_path / "study", score_cases=cases, verbose=0)
     assert (tmp_path / "study" / "plain" / "model.keras").stat().st_mtime_ns == stamp  # not retrained
     pd.testing.assert_frame_equal(again, metrics)
+    changed = {**recipes, "plain": {**recipes["plain"], "seed": 1}}
+    with pytest.raises(OverwriteError):  # another recipe under a finished recipe's name
+        run_study(changed, tmp_path / "study", score_cases=cases, verbose=0)
     assert list(summarize_study(metrics).columns) == ["Anterior", "Posterior", "mean"]
 
     runs_dirs = [tmp_path / "study" / name for name in recipes]
