@@ -14,7 +14,11 @@ What it does:
    (no TTA, no post-processing), and times it;
 3. evaluates the predictions with :func:`medseg_tf.metrics.evaluate_folder`
    (per case and class: Dice, HD95, ...) into ``metrics_val.csv``;
-4. writes ``MODEL_CARD.md`` from those measured numbers.
+4. exports ``model.onnx`` (``python -m medseg_tf export --format onnx``) and checks that it gives the
+   Keras labels on the held-out cases (share of equal voxels and file size on the card);
+5. with ``--estimate TABLE --recipe NAME``: the card's unbiased estimate, from a per-case table of
+   ``scripts/accuracy_study.py`` scored on cases that chose nothing (``--estimate-note`` says how);
+6. writes ``MODEL_CARD.md`` from those measured numbers.
 
 The test ``tests/test_reference_models.py`` re-predicts some held-out cases
 and checks they reproduce ``metrics_val.csv``.
@@ -66,13 +70,61 @@ def _augmentation_text(augment) -> str:
     return json.dumps(values)
 
 
+def onnx_section(dest: Path, dataset, val_ids: list[str]) -> str:
+    """Export ``dest/model.onnx`` and measure its label agreement with the Keras model on ``val_ids``."""
+    from medseg_tf.export import export_model
+    from medseg_tf.inference import load_run, predict_case
+    from medseg_tf.onnx_predict import load_onnx, predict_case_onnx
+
+    export_model(dest, "onnx", dest / "model.onnx", overwrite=True)
+    keras_model, spec = load_run(dest)
+    onnx_model = load_onnx(dest / "model.onnx")
+    equal = total = 0
+    for case_id in val_ids:
+        path = dataset.case(case_id).image_path
+        a, _ = predict_case(keras_model, path, spec)
+        b, _ = predict_case_onnx(onnx_model, path)
+        equal, total = equal + int((a == b).sum()), total + a.size
+    return (f"`model.onnx` ({(dest / 'model.onnx').stat().st_size / 1e6:.1f} MB, exported by "
+            f"`python -m medseg_tf export --model {dest.as_posix()} --format onnx`) gives the Keras model's labels "
+            f"on {100 * equal / total:.3f} % of the voxels of the {len(val_ids)} held-out cases (measured by "
+            f"`python scripts/make_reference_model.py`); `python -m medseg_tf predict --model "
+            f"{dest.as_posix()}/model.onnx ...` runs it with onnxruntime, without TensorFlow.")
+
+
+def update_onnx_only(dest: Path) -> int:
+    """Re-export ``model.onnx`` of a shipped model and rewrite only its card's ONNX section."""
+    from medseg_tf.training import TrainConfig, open_dataset
+
+    config = TrainConfig.from_json(dest / "config.json")
+    dataset = open_dataset(config.data)
+    val_ids = json.loads((dest / "split.json").read_text())["val"]
+    card_path = dest / "MODEL_CARD.md"
+    card = card_path.read_text()
+    card = card.split("\n## Without TensorFlow\n")[0].rstrip("\n") + "\n"
+    card += "\n## Without TensorFlow\n" + onnx_section(dest, dataset, val_ids) + "\n"
+    card_path.write_text(card)
+    print(card)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", type=Path, help="finished run folder (with summary.json)")
+    parser.add_argument("run", type=Path, nargs="?", help="finished run folder (with summary.json)")
     parser.add_argument("--dest", type=Path, required=True, help="models/<name> folder to write")
+    parser.add_argument("--onnx-only", action="store_true",
+                        help="only re-export model.onnx of --dest and rewrite its card's ONNX section")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     parser.add_argument("--note", default="", help="a sentence about the training conditions for the card")
+    parser.add_argument("--estimate", type=Path, help="per-case metrics CSV (scripts/accuracy_study.py) of cases "
+                                                      "that chose nothing: the card's unbiased estimate")
+    parser.add_argument("--recipe", help="the rows of --estimate to use (its 'recipe' column)")
+    parser.add_argument("--estimate-note", default="", help="how the --estimate cases were kept apart")
     args = parser.parse_args(argv)
+    if args.onnx_only:
+        return update_onnx_only(args.dest)
+    if args.run is None:
+        parser.error("the run folder is required (unless --onnx-only)")
 
     import keras
     import pandas as pd
@@ -114,6 +166,27 @@ def main(argv=None) -> int:
     table.to_csv(dest / "metrics_val.csv", index=False)
     table_tta.to_csv(dest / "metrics_val_tta_lcc.csv", index=False)
 
+    onnx_text = onnx_section(dest, dataset, val_ids)
+
+    estimate_text = ""
+    if args.estimate is not None:
+        est = pd.read_csv(args.estimate, dtype={"case": str})
+        if args.recipe:
+            est = est[est["recipe"] == args.recipe]
+        lines = []
+        for cls in dataset.class_names[1:]:
+            d = est.loc[est["class"] == cls, "dice"]
+            lines.append(f"| {cls} | {d.mean():.4f} ± {d.std():.4f} | {d.median():.4f} | {len(d)} |")
+        estimate_text = f"""
+## Unbiased estimate
+{args.estimate_note}
+Table: `{args.estimate.as_posix()}`{f" (recipe `{args.recipe}`)" if args.recipe else ""}.
+
+| class | Dice mean ± std (per case) | median | cases |
+|---|---|---|---|
+{chr(10).join(lines)}
+"""
+
     rows = []
     for label, tab in (("", table), (" (TTA + LCC)" if use_tta else " (LCC)", table_tta)):
         summ = summarize(tab)
@@ -123,6 +196,10 @@ def main(argv=None) -> int:
                         f"{get('dice', 'median'):.4f} | {get('hd95', 'mean'):.2f} ± {get('hd95', 'std'):.2f} | "
                         f"{get('assd', 'mean'):.3f} | {get('nsd', 'mean'):.4f} |")
     size_mb = (dest / "model.keras").stat().st_size / 1e6
+    checkpoint_text = ("The model of the last epoch was kept, so the held-out cases chose no epoch."
+                       if config.checkpoint == "last" else
+                       "The held-out cases also chose the saved epoch (best validation Dice), so the numbers "
+                       "below are validation, not test, figures.")
     augment_text = _augmentation_text(config.augment)
     context_text = (f", \"2.5D\": each slice comes with its {config.context_slices} neighbouring slices on each "
                     f"side as {2 * config.context_slices + 1} input channels," if config.context_slices else "")
@@ -134,9 +211,9 @@ parameters, `model.keras` {size_mb:.1f} MB){context_text} trained with `medseg_t
 ## Data
 - MSD Task04 Hippocampus (CC-BY-SA 4.0; Antonelli et al., Nature Communications 2022): the {len(dataset)} cases
   of `{dataset.root.name}` read through `medseg_tf.datasets.MSDDataset`, z-scored per volume.
-- Split by case (seed {config.seed}): {len(dataset) - len(val_ids)} training, {len(val_ids)} held-out validation
-  cases (`split.json`). The held-out cases also chose the saved epoch (best validation Dice), so the numbers
-  below are validation, not test, figures; the 60 official cases missing from the shared folder were never seen.
+- Split by case (seed {config.effective_split_seed}): {len(dataset) - len(val_ids)} training, {len(val_ids)} held-out
+  validation cases (`split.json`). {checkpoint_text} The 60 official cases missing from the shared folder were
+  never seen.
 
 ## Training
 - Config: `config.json` (loss {config.loss}, optimizer {config.optimizer}, lr {config.learning_rate},
@@ -146,7 +223,8 @@ parameters, `model.keras` {size_mb:.1f} MB){context_text} trained with `medseg_t
   configs/{dest.name}.json --out {run.resolve().name}` then
   `python scripts/make_reference_model.py runs/{run.resolve().name} --dest {dest}`.
 - Training time: {summary.get('seconds_this_session', float('nan')) / 60:.1f} min wall
-  (best epoch {summary.get('best_epoch')} of {summary.get('epochs')}), {summary.get('runtime', '')}.
+  ({"kept the last epoch" if config.checkpoint == "last" else "kept the best epoch"}; best validation epoch
+  {summary.get('best_epoch')} of {summary.get('epochs')}), {summary.get('runtime', '')}.
 - Machine: {_machine()}.{(chr(10) + "- Note: " + args.note) if args.note else ""}
 
 ## Held-out results (whole volumes, original space)
@@ -162,6 +240,9 @@ Empty masks: see `medseg_tf.metrics` (no case here has an empty reference).
 
 For reference, nnU-Net reports about 0.90 (Anterior) and 0.89 (Posterior) Dice after a full GPU training
 (5-fold cross-validation on all 260 cases; not the same split).
+{estimate_text}
+## Without TensorFlow
+{onnx_text}
 """
     (dest / "MODEL_CARD.md").write_text(card)
     print(card)
