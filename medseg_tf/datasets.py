@@ -29,7 +29,7 @@ from medseg_tf.errors import DataError, OverwriteError
 from medseg_tf.io import Volume, case_id, load_nifti, nifti_files, reorient_to_ras, save_nifti
 
 __all__ = ["Case", "MSDDataset", "write_msd_dataset", "check_dataset",
-           "split_cases", "subsample_cases", "kfold_split"]
+           "split_cases", "subsample_cases", "write_generated_dataset", "kfold_split"]
 
 #: Maximum difference between image and label affines still counted as equal (mm).
 AFFINE_TOLERANCE = 1e-3
@@ -448,6 +448,27 @@ def write_msd_dataset(out_dir: str | os.PathLike, cases: list[tuple[str, np.ndar
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def write_generated_dataset(out_dir: str | os.PathLike, make_case, prefix: str, n_cases: int, seed: int, *,
+                            name: str, labels: dict, modality: dict, description: str,
+                            overwrite: bool = False) -> Path:
+    """Generate ``n_cases`` cases with ``make_case(seed * 100_000 + i)`` and write them in MSD layout.
+
+    The shared body of the phantom writers: case ``i`` is ``<prefix>_<i:03d>``, generated from its own
+    seed (so one case does not depend on how many are written), written by :func:`write_msd_dataset`
+    (atomically) with a CC0 licence and ``seed`` recorded in ``dataset.json``. ``make_case`` returns
+    ``(image, label, affine)``.
+    """
+    if n_cases < 1:
+        raise ValueError(f"n_cases must be at least 1, got {n_cases}")
+    cases = []
+    for i in range(n_cases):
+        image, label, affine = make_case(seed * 100_000 + i)
+        cases.append((f"{prefix}_{i:03d}", image, label, affine))
+    return write_msd_dataset(out_dir, cases, name=name, labels=labels, modality=modality,
+                             description=description, licence="CC0 (generated)", overwrite=overwrite,
+                             extra={"seed": seed})
 
 
 def check_dataset(root: str | os.PathLike):
