@@ -120,6 +120,8 @@ def main(argv=None) -> int:
                                                       "that chose nothing: the card's unbiased estimate")
     parser.add_argument("--recipe", help="the rows of --estimate to use (its 'recipe' column)")
     parser.add_argument("--estimate-note", default="", help="how the --estimate cases were kept apart")
+    parser.add_argument("--command", help="the training command for the card (default: `train --config "
+                                          "configs/<dest name>.json` and this script)")
     args = parser.parse_args(argv)
     if args.onnx_only:
         return update_onnx_only(args.dest)
@@ -196,6 +198,10 @@ Table: `{args.estimate.as_posix()}`{f" (recipe `{args.recipe}`)" if args.recipe 
                         f"{get('dice', 'median'):.4f} | {get('hd95', 'mean'):.2f} ± {get('hd95', 'std'):.2f} | "
                         f"{get('assd', 'mean'):.3f} | {get('nsd', 'mean'):.4f} |")
     size_mb = (dest / "model.keras").stat().st_size / 1e6
+    command_text = args.command or (
+        f"`MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python -m medseg_tf train --config\n"
+        f"  configs/{dest.name}.json --out {run.resolve().name}` then\n"
+        f"  `python scripts/make_reference_model.py runs/{run.resolve().name} --dest {dest}`.")
     checkpoint_text = ("The model of the last epoch was kept, so the held-out cases chose no epoch."
                        if config.checkpoint == "last" else
                        "The held-out cases also chose the saved epoch (best validation Dice), so the numbers "
@@ -219,9 +225,7 @@ parameters, `model.keras` {size_mb:.1f} MB){context_text} trained with `medseg_t
 - Config: `config.json` (loss {config.loss}, optimizer {config.optimizer}, lr {config.learning_rate},
   schedule {config.schedule}, {config.epochs} epochs x {config.steps_per_epoch} steps, batch {config.batch_size},
   patch {list(config.patch_size)}, augmentation: {augment_text}).
-- Command: `MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python -m medseg_tf train --config
-  configs/{dest.name}.json --out {run.resolve().name}` then
-  `python scripts/make_reference_model.py runs/{run.resolve().name} --dest {dest}`.
+- Command: {command_text}
 - Training time: {summary.get('seconds_this_session', float('nan')) / 60:.1f} min wall
   ({"kept the last epoch" if config.checkpoint == "last" else "kept the best epoch"}; best validation epoch
   {summary.get('best_epoch')} of {summary.get('epochs')}), {summary.get('runtime', '')}.
