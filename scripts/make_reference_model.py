@@ -17,7 +17,9 @@ What it does:
 4. exports ``model.onnx`` (``python -m medseg_tf export --format onnx``) and checks that it gives the
    Keras labels on the held-out cases (share of equal voxels and file size on the card);
 5. with ``--estimate TABLE --recipe NAME``: the card's unbiased estimate, from a per-case table of
-   ``scripts/accuracy_study.py`` scored on cases that chose nothing (``--estimate-note`` says how);
+   ``scripts/accuracy_study.py`` scored on cases that chose nothing (``--estimate-note`` says how,
+   ``--where half=test`` filters rows); ``--estimate-only --dest models/NAME`` rewrites only that section
+   of a shipped model's card;
 6. writes ``MODEL_CARD.md`` from those measured numbers.
 
 The test ``tests/test_reference_models.py`` re-predicts some held-out cases
@@ -108,6 +110,57 @@ def update_onnx_only(dest: Path) -> int:
     return 0
 
 
+def estimate_section(table: Path, recipe: str | None, where: list[str] | None, note: str,
+                     class_names: list[str]) -> str:
+    """The card's "Estimate on test cases" section from a per-case table of ``scripts/accuracy_study.py``.
+
+    ``where`` holds ``column=value`` filters (e.g. ``half=test``, ``lcc=False``) applied with ``recipe``.
+    """
+    import pandas as pd
+
+    if not table.is_file():
+        sys.exit(f"{table}: no such table")
+    est = pd.read_csv(table, dtype={"case": str})
+    filters = [f"recipe={recipe}"] if recipe else []
+    filters += list(where or [])
+    for item in filters:
+        column, sep, value = item.partition("=")
+        if not sep or column not in est.columns:
+            sys.exit(f"--where {item}: expected COLUMN=VALUE with a column of {table}")
+        est = est[est[column].astype(str) == value]
+    if est.empty:
+        sys.exit(f"{table}: no rows match {', '.join(filters)}")
+    lines = []
+    for cls in class_names:
+        d = est.loc[est["class"] == cls, "dice"]
+        lines.append(f"| {cls} | {d.mean():.4f} ± {d.std():.4f} | {d.median():.4f} | {len(d)} |")
+    rows = f" (rows {', '.join(f'`{f}`' for f in filters)})" if filters else ""
+    return f"""## Estimate on test cases
+{note}
+Table: `{table.as_posix()}`{rows}.
+
+| class | Dice mean ± std (per case) | median | cases |
+|---|---|---|---|
+{chr(10).join(lines)}
+"""
+
+
+def update_estimate_only(dest: Path, table: Path, recipe: str | None, where: list[str] | None, note: str) -> int:
+    """Rewrite only the "Estimate on test cases" section of a shipped model's card (placed before the ONNX one)."""
+    from medseg_tf.training import TrainConfig, open_dataset
+
+    config = TrainConfig.from_json(dest / "config.json")
+    section = estimate_section(table, recipe, where, note, open_dataset(config.data).class_names[1:])
+    card_path = dest / "MODEL_CARD.md"
+    card = card_path.read_text()
+    head, sep, onnx = card.partition("\n## Without TensorFlow\n")
+    head = head.split("\n## Estimate on test cases\n")[0].rstrip("\n") + "\n"
+    card = head + "\n" + section + (sep + onnx if sep else "")
+    card_path.write_text(card)
+    print(section)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, nargs="?", help="finished run folder (with summary.json)")
@@ -119,12 +172,20 @@ def main(argv=None) -> int:
     parser.add_argument("--estimate", type=Path, help="per-case metrics CSV (scripts/accuracy_study.py) of cases "
                                                       "that chose nothing: the card's unbiased estimate")
     parser.add_argument("--recipe", help="the rows of --estimate to use (its 'recipe' column)")
+    parser.add_argument("--where", nargs="*", metavar="COLUMN=VALUE",
+                        help="further row filters of --estimate, e.g. half=test lcc=False")
     parser.add_argument("--estimate-note", default="", help="how the --estimate cases were kept apart")
+    parser.add_argument("--estimate-only", action="store_true",
+                        help="only rewrite the card's 'Estimate on test cases' section of --dest from --estimate")
     parser.add_argument("--command", help="the training command for the card (default: `train --config "
                                           "configs/<dest name>.json` and this script)")
     args = parser.parse_args(argv)
     if args.onnx_only:
         return update_onnx_only(args.dest)
+    if args.estimate_only:
+        if args.estimate is None:
+            parser.error("--estimate-only needs --estimate TABLE")
+        return update_estimate_only(args.dest, args.estimate, args.recipe, args.where, args.estimate_note)
     if args.run is None:
         parser.error("the run folder is required (unless --onnx-only)")
 
@@ -172,22 +233,8 @@ def main(argv=None) -> int:
 
     estimate_text = ""
     if args.estimate is not None:
-        est = pd.read_csv(args.estimate, dtype={"case": str})
-        if args.recipe:
-            est = est[est["recipe"] == args.recipe]
-        lines = []
-        for cls in dataset.class_names[1:]:
-            d = est.loc[est["class"] == cls, "dice"]
-            lines.append(f"| {cls} | {d.mean():.4f} ± {d.std():.4f} | {d.median():.4f} | {len(d)} |")
-        estimate_text = f"""
-## Unbiased estimate
-{args.estimate_note}
-Table: `{args.estimate.as_posix()}`{f" (recipe `{args.recipe}`)" if args.recipe else ""}.
-
-| class | Dice mean ± std (per case) | median | cases |
-|---|---|---|---|
-{chr(10).join(lines)}
-"""
+        estimate_text = "\n" + estimate_section(args.estimate, args.recipe, args.where, args.estimate_note,
+                                                 dataset.class_names[1:])
 
     rows = []
     for label, tab in (("", table), (" (TTA + LCC)" if use_tta else " (LCC)", table_tta)):
