@@ -8,7 +8,10 @@ Usage (from the repository root; one study at a time on a 2-core machine)::
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py shipped
 
 ``shipped`` trains nothing: it scores the shipped models, their 2D+3D ensemble and the largest-component
-post-processing on both halves (``benchmarks/accuracy/shipped_metrics.csv``).
+post-processing on both halves (``benchmarks/accuracy/shipped_metrics.csv``). The same command run on the
+models shipped before the study (commit 03b7ebc) wrote ``previous_models_metrics.csv``.
+
+``report`` trains nothing either: it prints the README's tables (Markdown) from the committed tables.
 
 Every study trains with :func:`medseg_tf.crossval.run_study` into ``runs/study/<study>/<recipe>`` (an
 interrupted study resumes) and writes two tables into ``benchmarks/accuracy/``: ``<study>_metrics.csv``
@@ -120,10 +123,77 @@ def score_shipped(extra: dict[str, list[Path]] | None = None) -> int:
     return 0
 
 
+def _md(frame) -> str:
+    """A small DataFrame as a Markdown table (4 decimals)."""
+    frame = frame.reset_index()
+    head = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    body = ["| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |"
+            for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def report() -> int:
+    """Print the study's results as Markdown tables, from the committed tables only."""
+    import pandas as pd
+
+    from medseg_tf.crossval import paired_difference, summarize_study
+
+    def read(name):
+        return pd.read_csv(OUT / f"{name}.csv", dtype={"case": str})
+
+    screen, screen_runs = read("screen_2d_metrics"), read("screen_2d_runs")
+    levers = summarize_study(screen)
+    for name in levers.index:
+        if name != "base":
+            d = paired_difference(screen, name, "base").loc["mean"]
+            levers.loc[name, "vs base (95 % interval)"] = f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+    levers["minutes"] = screen_runs.set_index("recipe")["minutes"].map("{:.1f}".format)
+    print("Levers (2D, 24 epochs, 20 select cases, mean Dice per case):\n")
+    print(_md(levers.fillna("")) + "\n")
+
+    if (OUT / "curve_2d_metrics.csv").exists():
+        curve = read("curve_2d_metrics").merge(read("curve_2d_runs")[["recipe", "train_cases"]], on="recipe")
+        curve["augmentation"] = curve["recipe"].str.split("_").str[-1]
+        curve["seed"] = curve["recipe"].str.split("_").str[1]
+        per_seed = curve.groupby(["train_cases", "augmentation", "seed", "class"])["dice"].mean()
+        table = per_seed.groupby(["train_cases", "augmentation", "class"]).mean().unstack(["augmentation", "class"])
+        table.columns = [f"{cls} ({aug})" for aug, cls in table.columns]
+        print("Learning curve (2D, 10 epochs, 20 select cases; mean over the seeds):\n")
+        print(_md(table) + "\n")
+
+    before = read("previous_models_metrics")
+    before = before[(before["half"] == "test") & ~before["lcc"]]
+    before["recipe"] = before["recipe"].str.replace("shipped_", "before_")
+    rows = [before]
+    for dims in (2, 3):
+        if (OUT / f"final_{dims}d_metrics.csv").exists():
+            rows.append(read(f"final_{dims}d_metrics").assign(recipe=f"candidate_{dims}d"))
+    final = pd.concat(rows, ignore_index=True)
+    finals = summarize_study(final)
+    for dims in (2, 3):
+        name = f"candidate_{dims}d"
+        if name in finals.index:
+            d = paired_difference(final, name, f"before_{dims}d").loc["mean"]
+            finals.loc[name, f"vs before (95 % interval)"] = f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+            finals.loc[name, "train minutes"] = f"{read(f'final_{dims}d_runs')['minutes'].iloc[0]:.1f}"
+    print("Candidates vs the models shipped before, 20 test cases (mean Dice per case):\n")
+    print(_md(finals.fillna("")) + "\n")
+
+    shipped_now = read("shipped_metrics")
+    shipped_now["recipe"] = shipped_now["recipe"] + shipped_now["lcc"].map({True: " + lcc", False: ""})
+    ens = shipped_now.pivot_table(index="recipe", columns=["half", "class"], values="dice", aggfunc="mean",
+                                  sort=False)
+    ens.columns = [f"{cls} ({half})" for half, cls in ens.columns]
+    print("Shipped models now, ensembles and post-processing (mean Dice per case):\n")
+    print(_md(ens))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     all_studies = studies()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study", choices=sorted([*all_studies, "shipped"]))
+    parser.add_argument("study", choices=sorted([*all_studies, "shipped", "report"]))
     parser.add_argument("--only", nargs="*", help="train only these recipes of the study")
     args = parser.parse_args(argv)
 
@@ -133,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.study == "shipped":
         return score_shipped()
+    if args.study == "report":
+        return report()
 
     study = all_studies[args.study]
     recipes = study["recipes"]

@@ -155,3 +155,36 @@ def test_study_trains_once_scores_given_cases_and_ensembles(tmp_path, phantom_ro
         predict_ensemble(members, image, weights=[1.0])
     both = score_run(runs_dirs, cases)
     assert len(both) == 2 * len(cases) and both["dice"].between(0, 1).all()
+
+
+def _script(name):
+    import importlib.util
+
+    from medseg_tf import settings
+
+    spec = importlib.util.spec_from_file_location(name, settings.REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_card_estimate_section_filters_rows_and_refuses_bad_filters(tmp_path):
+    make = _script("make_reference_model")
+    table = tmp_path / "t.csv"
+    pd.DataFrame({"recipe": ["a", "a", "a", "b"], "half": ["test", "test", "select", "test"],
+                  "case": ["1", "2", "3", "1"], "class": ["X"] * 4, "dice": [0.8, 0.6, 0.1, 0.2]}).to_csv(table)
+    text = make.estimate_section(table, "a", ["half=test"], "why these cases", ["X"])
+    assert "| X | 0.7000 ± 0.1414 | 0.7000 | 2 |" in text and "`half=test`" in text and "why these cases" in text
+    for where in (["half"], ["nope=1"], ["half=none"]):
+        with pytest.raises(SystemExit):
+            make.estimate_section(table, "a", where, "", ["X"])
+
+
+def test_study_report_reads_the_committed_tables(capsys):
+    study = _script("accuracy_study")
+    assert study.report() == 0
+    out = capsys.readouterr().out
+    screen = pd.read_csv(study.OUT / "screen_2d_metrics.csv")
+    for recipe in screen["recipe"].unique():
+        assert f"| {recipe} |" in out
+    assert "| before_2d |" in out and "| shipped_2d+3d |" in out
