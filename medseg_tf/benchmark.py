@@ -1025,7 +1025,7 @@ def bench(*, dims: Sequence[int] = (3,), models: Sequence[str | os.PathLike] = (
     achieved GFLOP/s as a fraction of :func:`matmul_peak_gflops` measured at the start.
     ``quick`` shrinks everything (tiny nets, 2 steps) to check the code path, not the speed.
     """
-    from tqdm.auto import tqdm
+    from medseg_tf.settings import progress_bar as tqdm
 
     info = machine_info()
     peak = matmul_peak_gflops(512 if quick else 2048, 2 if quick else 5)

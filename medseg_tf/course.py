@@ -80,6 +80,47 @@ def strip_tf_logs(nb) -> None:
         cell["outputs"] = kept
 
 
+def collapse_progress(nb) -> None:
+    """Merge each cell's consecutive stream outputs and keep what a terminal would show after ``\\r`` redraws.
+
+    A text progress bar redraws its line with carriage returns; saved as is, a notebook would hold every
+    intermediate state. After this, each bar is one line: its last state.
+
+    >>> import nbformat
+    >>> cell = nbformat.v4.new_code_cell("")
+    >>> cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="\\rx:  50%"),
+    ...                 nbformat.v4.new_output("stream", name="stdout", text="\\rx: 100%"),
+    ...                 nbformat.v4.new_output("stream", name="stdout", text="\\ndone\\n")]
+    >>> nb = nbformat.v4.new_notebook(cells=[cell])
+    >>> collapse_progress(nb)
+    >>> nb.cells[0].outputs[0]["text"]
+    'x: 100%\\ndone\\n'
+    """
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        merged = []
+        for out in cell.get("outputs", []):
+            if (merged and out.get("output_type") == "stream" and merged[-1].get("output_type") == "stream"
+                    and merged[-1].get("name") == out.get("name")):
+                merged[-1]["text"] += out["text"]
+            else:
+                merged.append(out)
+        for out in merged:
+            if out.get("output_type") == "stream" and "\r" in out["text"]:
+                lines = out["text"].split("\n")
+                out["text"] = "\n".join(_last_redraw(line) for line in lines)
+        cell["outputs"] = merged
+
+
+def _last_redraw(line: str) -> str:
+    """The part of ``line`` a terminal shows last: the text after its last non-trailing carriage return."""
+    parts = line.split("\r")
+    while len(parts) > 1 and not parts[-1]:
+        parts.pop()
+    return parts[-1]
+
+
 def resolve_env_paths(env: Mapping[str, str], cwd: Path | None = None) -> dict[str, str]:
     """``env`` with relative ``MEDSEG_*_DIR`` values made absolute from ``cwd`` (default: the current folder).
 
@@ -252,6 +293,7 @@ def execute_notebook(path: Path, *, timeout: int = 1800, write: bool = True, env
         progress.finish(elapsed)
     if write:
         strip_tf_logs(nb)
+        collapse_progress(nb)
         target = Path(out_path) if out_path is not None else path
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, target)
@@ -437,7 +479,7 @@ def run_course(*, quick: bool = False, only: list[str] | None = None, timeout: i
         figures = out_root / "figures"
     env = {"MEDSEG_QUICK": "1" if quick else "0", "MPLBACKEND": "module://matplotlib_inline.backend_inline",
            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"),
-           "MEDSEG_FIGURES_DIR": str(figures)}
+           "MEDSEG_FIGURES_DIR": str(figures), "MEDSEG_TEXT_PROGRESS": "1"}
     progress = progress or Progress()
     where = "in place" if update else f"to {settings.display_path(out_root / 'notebooks')}"
     print(f"Running {len(books)} notebooks ({'quick' if quick else 'full'} mode, dataset={dataset}); "

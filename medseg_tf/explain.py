@@ -259,7 +259,7 @@ def occlusion_sensitivity(model_or_predict, image: np.ndarray, *, class_index: i
     np.ndarray
         float32, spatial shape of ``image``, in [0, 1].
     """
-    from tqdm.auto import tqdm
+    from medseg_tf.settings import progress_bar as tqdm
 
     if isinstance(model_or_predict, keras.Model):
         _check_class(model_or_predict, class_index)

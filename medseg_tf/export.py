@@ -524,7 +524,7 @@ def compare_exports(models: Mapping[str, str | os.PathLike], images: Sequence[st
         and ``dice_<class>`` (mean over cases) when labels are given.
     """
     import pandas as pd
-    from tqdm.auto import tqdm
+    from medseg_tf.settings import progress_bar as tqdm
 
     from medseg_tf import io
     from medseg_tf.metrics import dice

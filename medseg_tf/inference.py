@@ -536,7 +536,7 @@ def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str
 def _predict_files(model, config, plan, *, tta, lcc, batch_size, overwrite, progress, report,
                    temperature, calibration, ood) -> list[dict]:
     """The loop of :func:`predict_folder`: predict and write each file; one row per case."""
-    from tqdm.auto import tqdm
+    from medseg_tf.settings import progress_bar as tqdm
 
     from medseg_tf import uncertainty
 

@@ -736,7 +736,7 @@ def evaluate_folder(pred_dir: str | os.PathLike, labels_dir: str | os.PathLike, 
         shape or affine differs from its reference's (the error names the file).
     """
     import pandas as pd
-    from tqdm.auto import tqdm
+    from medseg_tf.settings import progress_bar as tqdm
 
     from medseg_tf import io
     from medseg_tf.errors import DataError

@@ -195,7 +195,7 @@ def predict_folder_onnx(model: OnnxModel | str | os.PathLike, images_dir: str | 
         Columns ``case`` and ``seconds`` (reading, predicting and writing).
     """
     import pandas as pd
-    from tqdm.auto import tqdm
+    from medseg_tf.settings import progress_bar as tqdm
 
     if tta:
         raise ConfigError("tta", "is not available with an ONNX model (no test-time flips on this path); "

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 from keras import ops
-from tqdm.auto import tqdm
+from medseg_tf.settings import progress_bar as tqdm
 
 from medseg_tf import losses, models
 

@@ -16,6 +16,9 @@ Every notebook reads the same few switches, documented in the README:
     for a data set other than the phantom).
 ``MEDSEG_RUNS_DIR``
     Where training runs are written (default ``<repo>/runs``).
+``MEDSEG_TEXT_PROGRESS``
+    ``1`` draws progress bars as text lines even in a notebook (the course runner sets it, so that
+    saved notebooks show each bar's last state, readable on the web, instead of an empty widget).
 
 A relative path in a ``MEDSEG_*_DIR`` variable is resolved from the current folder. A notebook's
 kernel runs in ``notebooks/``, so ``python -m medseg_tf course`` resolves such paths from the folder
@@ -25,6 +28,7 @@ where the command was typed before it starts the kernels.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 #: The repository root (the folder holding ``medseg_tf/``).
@@ -150,3 +154,23 @@ def display_path(path: str | os.PathLike) -> str:
         return path.resolve().relative_to(REPO_ROOT).as_posix()
     except ValueError:
         return str(path)
+
+
+def progress_bar(*args, **kwargs):
+    """A tqdm progress bar (same arguments as ``tqdm.tqdm``).
+
+    A widget in a live notebook and text on a terminal (``tqdm.auto``); text on standard output when
+    ``MEDSEG_TEXT_PROGRESS=1``, as the course runner sets it for the notebooks it saves.
+
+    >>> bar = progress_bar(range(3), disable=True)
+    >>> sum(bar)
+    3
+    """
+    if os.environ.get("MEDSEG_TEXT_PROGRESS") == "1":
+        from tqdm.std import tqdm
+
+        kwargs.setdefault("file", sys.stdout)
+        kwargs.setdefault("ascii", False)
+    else:
+        from tqdm.auto import tqdm
+    return tqdm(*args, **kwargs)

@@ -55,4 +55,9 @@ def test_committed_outputs_show_no_machine_paths_or_tf_logs(book):
                 for k, v in out.get("data", {}).items() if k.startswith("text/"))
             problems += [f"cell {index}: path {m}" for m in MACHINE_PATH.findall(text)]
             problems += [f"cell {index}: TensorFlow log line" for _ in TF_LOG_LINE.finditer(text)]
+            # a progress widget is saved empty (0 % on the web): the runner draws bars as text lines
+            if "application/vnd.jupyter.widget-view+json" in out.get("data", {}):
+                problems.append(f"cell {index}: progress widget")
+            if out.get("output_type") == "stream" and "\r" in out.get("text", ""):
+                problems.append(f"cell {index}: carriage-return redraws")
     assert not problems, f"{book.name}: " + "; ".join(problems[:5])
