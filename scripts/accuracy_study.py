@@ -161,6 +161,11 @@ def report() -> int:
         table.columns = [f"{cls} ({aug})" for aug, cls in table.columns]
         print("Learning curve (2D, 10 epochs, 20 select cases; mean over the seeds):\n")
         print(_md(table) + "\n")
+        both = per_seed.groupby(["train_cases", "augmentation", "seed"]).mean()
+        gap = both.groupby(["train_cases", "augmentation"]).agg(lambda v: v.max() - v.min())
+        n, aug = gap.idxmax()
+        print(f"Largest difference between two seeds (mean of both classes): {gap.max():.4f} at {n} cases "
+              f"(augmentation {aug})\n")
 
     before = read("previous_models_metrics")
     before = before[(before["half"] == "test") & ~before["lcc"]]
