@@ -554,7 +554,7 @@ BENCH_COLUMNS = (
     "numpy", "model", "source", "dims", "input", "batch_size", "precision", "xla", "data", "repeats", "params",
     "gflop_per_sample", "samples_per_s", "ms_per_batch", "ms_per_volume", "e2e_ms_per_volume", "achieved_gflops",
     "matmul_peak_gflops", "peak_fraction", "peak_rss_mb", "peak_device_mb", "warmup_s", "agreement", "dice_mean",
-    "load_avg",
+    "load_avg", "error",
 )
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -951,7 +951,16 @@ def append_bench(rows: Mapping | Sequence[Mapping], path: str | os.PathLike, *, 
     if path.is_file() and path.stat().st_size > 0:
         with path.open(newline="") as f:
             header = next(csv.reader(f), [])
-        if tuple(header) != BENCH_COLUMNS:
+        if tuple(header) == BENCH_COLUMNS[:-1]:  # a file written before the "error" column: add it
+            with path.open(newline="") as f:
+                old_rows = list(csv.DictReader(f))
+            tmp = path.with_name(path.name + ".tmp")
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=BENCH_COLUMNS)
+                writer.writeheader()
+                writer.writerows(old_rows)
+            os.replace(tmp, path)
+        elif tuple(header) != BENCH_COLUMNS:
             raise DataError(path, "has other columns than a bench file; write to a new file")
         new = False
     else:
@@ -978,6 +987,8 @@ def read_bench(path: str | os.PathLike) -> pd.DataFrame:
         df = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise DataError(path, f"cannot read as CSV: {err}") from None
+    if "error" not in df.columns:  # written before the "error" column
+        df["error"] = None
     missing = [c for c in BENCH_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(path, f"missing column(s) {missing}")
@@ -1061,40 +1072,23 @@ def bench(*, dims: Sequence[int] = (3,), models: Sequence[str | os.PathLike] = (
     reference_labels = None
     # each measured model traces its own functions once; TensorFlow calls that "retracing" and warns
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    try:  # an op without a kernel for this precision on this device (MaxPool3D in float16 on a CPU)
+        from tensorflow.errors import OpError as kernel_errors
+    except ImportError:  # another Keras backend
+        kernel_errors = ()
     for item in tqdm(plan, desc="bench", unit="measurement", disable=not progress):
         kind = item[0]
-        if kind == "train":
-            _, d, kwargs, patch, b, prec, jit, ch = item
-            row = measure_training_synthetic(d, b, patch, model=kwargs, in_channels=ch, precision=prec, xla=jit,
-                                             steps=steps, warmup_steps=1 if quick else 2, repeats=repeats)
-        elif kind == "pipeline":
-            _, d, kwargs, patch, b, name, ch = item
-            # the same input channels as the synthetic row: a 2.5D model reads 2 * context_slices + 1 slices
-            old = measure_training_speed(d, b, patch, steps * repeats, warmup_steps=1 if quick else 3, data=name,
-                                         model=kwargs, max_cases=4 if quick else 16,
-                                         augment=False if quick else True, mixed_precision=False,
-                                         jit_compile=False, context_slices=(ch - 1) // 2 if d == 2 else 0)
-            net = build_unet(d, kwargs, in_channels=ch)
-            flops = forward_flops(net, patch)
-            row = {"kind": "train", "model": old["model"], "source": "keras", "dims": d,
-                   "input": old["patch_size"] + (f"x{ch}ch" if ch != 1 else ""),
-                   "batch_size": b, "precision": "float32", "xla": False, "data": old["data"],
-                   "repeats": 1, "params": int(net.count_params()), "gflop_per_sample": flops / 1e9,
-                   "samples_per_s": old["samples_per_s"], "ms_per_batch": old["step_ms"],
-                   "achieved_gflops": 3 * flops * old["samples_per_s"] / 1e9, "peak_rss_mb": old["peak_rss_mb"],
-                   "peak_device_mb": old["peak_device_mb"], "warmup_s": old["warmup_s"]}
-        elif kind == "infer":
-            _, d, kwargs, volume, b, prec, jit, ch = item
-            net = build_unet(d, kwargs, in_channels=ch, precision=prec)
-            row = measure_model_call(net, volume, dims=d, in_channels=ch, batch_size=b, precision=prec, xla=jit,
-                                     repeats=2 if quick else 5)
-            row["model"] = _model_text(kwargs)
-        else:
-            _, m, prec = item
-            row, outs = measure_end_to_end(m, list(images), list(labels) if labels else None, precision=prec,
-                                           repeats=1 if quick else repeats, reference=reference_labels)
-            if reference_labels is None:
-                reference_labels = outs
+        try:
+            row = _measure_item(item, kind, steps=steps, quick=quick, repeats=repeats, images=images, labels=labels,
+                                reference_labels=reference_labels)
+        except kernel_errors as exc:  # a row that says what failed, and the other measurements go on
+            row = {"kind": kind, "precision": {"predict": item[-1], "pipeline": "float32"}.get(kind, item[5]),
+                   "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
+            if kind in ("train", "infer"):
+                row.update(dims=item[1], model=_model_text(item[2]), batch_size=item[4], xla=item[6])
+        if reference_labels is None and "_outs" in row:
+            reference_labels = row["_outs"]
+        row.pop("_outs", None)
         row = {**info, **row, "matmul_peak_gflops": peak}
         if row.get("achieved_gflops") == row.get("achieved_gflops") and row.get("achieved_gflops") is not None:
             row["peak_fraction"] = row["achieved_gflops"] / peak
@@ -1102,12 +1096,48 @@ def bench(*, dims: Sequence[int] = (3,), models: Sequence[str | os.PathLike] = (
     return rows
 
 
+def _measure_item(item, kind, *, steps, quick, repeats, images, labels, reference_labels) -> dict:
+    """One measurement of :func:`run_bench`'s plan (a row without the machine columns)."""
+    if kind == "train":
+        _, d, kwargs, patch, b, prec, jit, ch = item
+        row = measure_training_synthetic(d, b, patch, model=kwargs, in_channels=ch, precision=prec, xla=jit,
+                                         steps=steps, warmup_steps=1 if quick else 2, repeats=repeats)
+    elif kind == "pipeline":
+        _, d, kwargs, patch, b, name, ch = item
+        # the same input channels as the synthetic row: a 2.5D model reads 2 * context_slices + 1 slices
+        old = measure_training_speed(d, b, patch, steps * repeats, warmup_steps=1 if quick else 3, data=name,
+                                     model=kwargs, max_cases=4 if quick else 16,
+                                     augment=False if quick else True, mixed_precision=False,
+                                     jit_compile=False, context_slices=(ch - 1) // 2 if d == 2 else 0)
+        net = build_unet(d, kwargs, in_channels=ch)
+        flops = forward_flops(net, patch)
+        row = {"kind": "train", "model": old["model"], "source": "keras", "dims": d,
+               "input": old["patch_size"] + (f"x{ch}ch" if ch != 1 else ""),
+               "batch_size": b, "precision": "float32", "xla": False, "data": old["data"],
+               "repeats": 1, "params": int(net.count_params()), "gflop_per_sample": flops / 1e9,
+               "samples_per_s": old["samples_per_s"], "ms_per_batch": old["step_ms"],
+               "achieved_gflops": 3 * flops * old["samples_per_s"] / 1e9, "peak_rss_mb": old["peak_rss_mb"],
+               "peak_device_mb": old["peak_device_mb"], "warmup_s": old["warmup_s"]}
+    elif kind == "infer":
+        _, d, kwargs, volume, b, prec, jit, ch = item
+        net = build_unet(d, kwargs, in_channels=ch, precision=prec)
+        row = measure_model_call(net, volume, dims=d, in_channels=ch, batch_size=b, precision=prec, xla=jit,
+                                 repeats=2 if quick else 5)
+        row["model"] = _model_text(kwargs)
+    else:
+        _, m, prec = item
+        row, outs = measure_end_to_end(m, list(images), list(labels) if labels else None, precision=prec,
+                                       repeats=1 if quick else repeats, reference=reference_labels)
+        row["_outs"] = outs
+    return row
+
+
 def bench_table(rows: pd.DataFrame | Sequence[Mapping]) -> pd.DataFrame:
     """The measured columns of ``bench`` rows, rounded for display (machine columns dropped)."""
     df = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     keep = ["kind", "model", "source", "dims", "input", "batch_size", "precision", "xla", "data", "params",
             "gflop_per_sample", "samples_per_s", "ms_per_volume", "e2e_ms_per_volume", "peak_fraction",
-            "peak_rss_mb", "agreement", "dice_mean"]
+            "peak_rss_mb", "agreement", "dice_mean", "error"]
     df = df[[c for c in keep if c in df.columns]].copy()
     df = df.dropna(axis=1, how="all")
     for name, digits in (("gflop_per_sample", 3), ("samples_per_s", 3), ("ms_per_volume", 1),

@@ -295,3 +295,24 @@ def test_bench_command_bad_input(tmp_path, capsys):
     assert ".csv" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bench", "--precision", "float64"])
+
+
+def test_a_precision_without_a_kernel_gives_an_error_row_and_old_files_gain_the_column(tmp_path):
+    """float16 MaxPool3D has no CPU kernel: bench records that and goes on; older CSVs are upgraded in place."""
+    import csv
+
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU has the float16 kernel")
+    rows = benchmark.bench(dims=[3], precisions=["mixed_float16"], quick=True, progress=False)
+    assert rows and all("MaxPool3D" in row["error"] for row in rows)
+    old = tmp_path / "old.csv"
+    with old.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=benchmark.BENCH_COLUMNS[:-1])
+        writer.writeheader()
+        writer.writerow({"kind": "train", "dims": 3})
+    benchmark.append_bench(rows, old)
+    df = benchmark.read_bench(old)
+    assert list(df.columns) == list(benchmark.BENCH_COLUMNS) and len(df) == 1 + len(rows)
+    assert df["error"].isna().iloc[0] and df["error"].iloc[1:].str.contains("MaxPool3D").all()
