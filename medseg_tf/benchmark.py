@@ -1079,16 +1079,16 @@ def bench(*, dims: Sequence[int] = (3,), models: Sequence[str | os.PathLike] = (
     for item in tqdm(plan, desc="bench", unit="measurement", disable=not progress):
         kind = item[0]
         try:
-            row = _measure_item(item, kind, steps=steps, quick=quick, repeats=repeats, images=images, labels=labels,
-                                reference_labels=reference_labels)
+            row, outs = _measure_item(item, kind, steps=steps, quick=quick, repeats=repeats, images=images,
+                                      labels=labels, reference_labels=reference_labels)
         except kernel_errors as exc:  # a row that says what failed, and the other measurements go on
+            outs = None
             row = {"kind": kind, "precision": {"predict": item[-1], "pipeline": "float32"}.get(kind, item[5]),
                    "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
             if kind in ("train", "infer"):
                 row.update(dims=item[1], model=_model_text(item[2]), batch_size=item[4], xla=item[6])
-        if reference_labels is None and "_outs" in row:
-            reference_labels = row["_outs"]
-        row.pop("_outs", None)
+        if reference_labels is None and outs is not None:
+            reference_labels = outs
         row = {**info, **row, "matmul_peak_gflops": peak}
         if row.get("achieved_gflops") == row.get("achieved_gflops") and row.get("achieved_gflops") is not None:
             row["peak_fraction"] = row["achieved_gflops"] / peak
@@ -1096,8 +1096,9 @@ def bench(*, dims: Sequence[int] = (3,), models: Sequence[str | os.PathLike] = (
     return rows
 
 
-def _measure_item(item, kind, *, steps, quick, repeats, images, labels, reference_labels) -> dict:
-    """One measurement of :func:`run_bench`'s plan (a row without the machine columns)."""
+def _measure_item(item, kind, *, steps, quick, repeats, images, labels, reference_labels) -> tuple[dict, list | None]:
+    """One measurement of :func:`bench`'s plan: its row (without the machine columns) and, for a ``predict``
+    item, the predicted labels (the first model's are the reference the others are compared with)."""
     if kind == "train":
         _, d, kwargs, patch, b, prec, jit, ch = item
         row = measure_training_synthetic(d, b, patch, model=kwargs, in_channels=ch, precision=prec, xla=jit,
@@ -1128,8 +1129,8 @@ def _measure_item(item, kind, *, steps, quick, repeats, images, labels, referenc
         _, m, prec = item
         row, outs = measure_end_to_end(m, list(images), list(labels) if labels else None, precision=prec,
                                        repeats=1 if quick else repeats, reference=reference_labels)
-        row["_outs"] = outs
-    return row
+        return row, outs
+    return row, None
 
 
 def bench_table(rows: pd.DataFrame | Sequence[Mapping]) -> pd.DataFrame:

@@ -170,7 +170,6 @@ def progress_bar(*args, **kwargs):
         from tqdm.std import tqdm
 
         kwargs.setdefault("file", sys.stdout)
-        kwargs.setdefault("ascii", False)
     else:
         from tqdm.auto import tqdm
     return tqdm(*args, **kwargs)

@@ -94,6 +94,29 @@ def onnx_section(dest: Path, dataset, val_ids: list[str]) -> str:
             f"{dest.as_posix()}/model.onnx ...` runs it with onnxruntime, without TensorFlow.")
 
 
+def replace_section(card: str, section: str, *, before: str | None = None) -> str:
+    """``card`` with its Markdown section of ``section``'s heading (``## ...``, up to the next ``## ``) replaced
+    by ``section``; a card without one gets it before the ``before`` heading, or at the end.
+
+    >>> replace_section("# T\\n\\n## A\\nold\\n\\n## B\\nb\\n", "## A\\nnew\\n")
+    '# T\\n\\n## A\\nnew\\n\\n## B\\nb\\n'
+    >>> replace_section("# T\\n\\n## B\\nb\\n", "## A\\nnew\\n", before="## B")
+    '# T\\n\\n## A\\nnew\\n\\n## B\\nb\\n'
+    """
+    heading = section.splitlines()[0]
+    parts = card.rstrip("\n").split("\n\n## ")
+    blocks = [parts[0]] + ["## " + part for part in parts[1:]]
+    new = section.rstrip("\n")
+    headings = [block.splitlines()[0] for block in blocks]
+    if heading in headings:
+        blocks[headings.index(heading)] = new
+    elif before is not None and before in headings:
+        blocks.insert(headings.index(before), new)
+    else:
+        blocks.append(new)
+    return "\n\n".join(blocks) + "\n"
+
+
 def update_onnx_only(dest: Path) -> int:
     """Re-export ``model.onnx`` of a shipped model and rewrite only its card's ONNX section."""
     from medseg_tf.training import TrainConfig, open_dataset
@@ -102,9 +125,7 @@ def update_onnx_only(dest: Path) -> int:
     dataset = open_dataset(config.data)
     val_ids = json.loads((dest / "split.json").read_text())["val"]
     card_path = dest / "MODEL_CARD.md"
-    card = card_path.read_text()
-    card = card.split("\n## Without TensorFlow\n")[0].rstrip("\n") + "\n"
-    card += "\n## Without TensorFlow\n" + onnx_section(dest, dataset, val_ids) + "\n"
+    card = replace_section(card_path.read_text(), "## Without TensorFlow\n" + onnx_section(dest, dataset, val_ids))
     card_path.write_text(card)
     print(card)
     return 0
@@ -152,11 +173,7 @@ def update_estimate_only(dest: Path, table: Path, recipe: str | None, where: lis
     config = TrainConfig.from_json(dest / "config.json")
     section = estimate_section(table, recipe, where, note, open_dataset(config.data).class_names[1:])
     card_path = dest / "MODEL_CARD.md"
-    card = card_path.read_text()
-    head, sep, onnx = card.partition("\n## Without TensorFlow\n")
-    head = head.split("\n## Estimate on test cases\n")[0].rstrip("\n") + "\n"
-    card = head + "\n" + section + (sep + onnx if sep else "")
-    card_path.write_text(card)
+    card_path.write_text(replace_section(card_path.read_text(), section, before="## Without TensorFlow"))
     print(section)
     return 0
 
