@@ -66,6 +66,7 @@ import numpy as np
 import pandas as pd
 
 from medseg_tf.errors import DataError
+from medseg_tf.models import with_precision  # re-exported: bench applies it
 
 __all__ = [
     "RESULT_COLUMNS",
@@ -296,8 +297,8 @@ def measure_training_speed(dims: int = 2, batch_size: int = 16, patch_size: Sequ
         Keyword arguments of :func:`medseg_tf.models.unet` (default: its defaults).
     loss : str or dict
         As ``TrainConfig.loss``.
-    mixed_precision, jit_compile : "auto" or bool
-        As in :class:`~medseg_tf.training.TrainConfig` (``"auto"``: on with a GPU).
+    mixed_precision, jit_compile : "auto", bool (or a dtype policy name for ``mixed_precision``)
+        As in :class:`~medseg_tf.training.TrainConfig`.
     target_spacing : 3 floats (mm) or None
         Resample the cases of ``data`` to this voxel spacing first (as ``TrainConfig.target_spacing``).
     augment : bool or dict
@@ -403,7 +404,7 @@ def measure_training_speed(dims: int = 2, batch_size: int = 16, patch_size: Sequ
         "global_batch_size": global_batch,
         "patch_size": "x".join(str(s) for s in config.patch_size),
         "steps": steps,
-        "precision": "mixed_float16" if runtime.mixed_precision else "float32",
+        "precision": runtime.precision,
         "jit": bool(runtime.jit_compile),
         "strategy": runtime.strategy_name,
         "replicas": runtime.num_replicas,
@@ -723,29 +724,6 @@ def build_unet(dims: int, model_kwargs: Mapping | None = None, *, in_channels: i
         return unet((None,) * dims + (in_channels,), num_classes, **dict(model_kwargs or {}))
 
 
-def with_precision(model, precision: str):
-    """A copy of a trained Keras model whose layers compute under ``precision`` (same weights).
-
-    Every layer but the output activations gets the dtype policy ``precision``
-    (a clone keeps each layer's own policy, so the global policy would not
-    reach it). ``"float32"`` returns the model itself.
-    """
-    if precision == "float32":
-        return model
-    _Policy(precision)  # checks the name
-    heads = {t._keras_history[0].name for t in model.outputs}  # the output activations stay float32
-
-    def recast(layer):
-        config = layer.get_config()
-        if layer.name not in heads and "dtype" in config:
-            config["dtype"] = precision
-        return layer.__class__.from_config(config)
-
-    clone = keras.models.clone_model(model, clone_function=recast)
-    clone.set_weights(model.get_weights())
-    return clone
-
-
 def _effective_xla(xla: bool) -> bool:
     """XLA as it will run: asked for on TensorFlow; always on under JAX (without ``jit`` JAX runs op by op)."""
     return bool(xla) if keras.backend.backend() == "tensorflow" else keras.backend.backend() == "jax" or bool(xla)
@@ -1024,7 +1002,7 @@ def bench(*, dims: Sequence[int] = (3,), models: Sequence[str | os.PathLike] = (
     * training on a fixed synthetic batch (:func:`measure_training_synthetic`;
       Keras only, any backend) for every precision, XLA setting and batch size;
     * training through the input pipeline of every ``data`` other than
-      ``"synthetic"`` (:func:`measure_training_speed`; TensorFlow; float32);
+      ``"synthetic"`` (:func:`measure_training_speed`; TensorFlow) for every precision;
     * the model call alone on a whole hippocampus-sized volume
       (:func:`measure_model_call`) for every precision, XLA setting and batch size.
 
@@ -1062,7 +1040,8 @@ def bench(*, dims: Sequence[int] = (3,), models: Sequence[str | os.PathLike] = (
                         plan.append(("train", d, kwargs, patch, b, prec, jit, ref["in_channels"]))
             for name in data:
                 if name != "synthetic":
-                    plan.append(("pipeline", d, kwargs, patch, sizes[0], name, ref["in_channels"]))
+                    for prec in precisions:
+                        plan.append(("pipeline", d, kwargs, patch, sizes[0], name, ref["in_channels"], prec))
             volume = (16, 16, 16) if quick else (48, 64, 48)
             for prec in precisions:
                 for jit in xla:
@@ -1083,7 +1062,7 @@ def bench(*, dims: Sequence[int] = (3,), models: Sequence[str | os.PathLike] = (
                                       labels=labels, reference_labels=reference_labels)
         except kernel_errors as exc:  # a row that says what failed, and the other measurements go on
             outs = None
-            row = {"kind": kind, "precision": {"predict": item[-1], "pipeline": "float32"}.get(kind, item[5]),
+            row = {"kind": kind, "precision": item[-1] if kind in ("predict", "pipeline") else item[5],
                    "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
             if kind in ("train", "infer"):
                 row.update(dims=item[1], model=_model_text(item[2]), batch_size=item[4], xla=item[6])
@@ -1104,17 +1083,17 @@ def _measure_item(item, kind, *, steps, quick, repeats, images, labels, referenc
         row = measure_training_synthetic(d, b, patch, model=kwargs, in_channels=ch, precision=prec, xla=jit,
                                          steps=steps, warmup_steps=1 if quick else 2, repeats=repeats)
     elif kind == "pipeline":
-        _, d, kwargs, patch, b, name, ch = item
+        _, d, kwargs, patch, b, name, ch, prec = item
         # the same input channels as the synthetic row: a 2.5D model reads 2 * context_slices + 1 slices
         old = measure_training_speed(d, b, patch, steps * repeats, warmup_steps=1 if quick else 3, data=name,
                                      model=kwargs, max_cases=4 if quick else 16,
-                                     augment=False if quick else True, mixed_precision=False,
+                                     augment=False if quick else True, mixed_precision=prec,
                                      jit_compile=False, context_slices=(ch - 1) // 2 if d == 2 else 0)
         net = build_unet(d, kwargs, in_channels=ch)
         flops = forward_flops(net, patch)
         row = {"kind": "train", "model": old["model"], "source": "keras", "dims": d,
                "input": old["patch_size"] + (f"x{ch}ch" if ch != 1 else ""),
-               "batch_size": b, "precision": "float32", "xla": False, "data": old["data"],
+               "batch_size": b, "precision": old["precision"], "xla": False, "data": old["data"],
                "repeats": 1, "params": int(net.count_params()), "gflop_per_sample": flops / 1e9,
                "samples_per_s": old["samples_per_s"], "ms_per_batch": old["step_ms"],
                "achieved_gflops": 3 * flops * old["samples_per_s"] / 1e9, "peak_rss_mb": old["peak_rss_mb"],

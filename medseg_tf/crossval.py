@@ -28,7 +28,8 @@ from medseg_tf import io
 from medseg_tf.errors import OverwriteError
 from medseg_tf.runspec import RunSpec
 
-__all__ = ["cross_validate", "paired_difference", "split_halves", "run_study", "score_run", "summarize_folds", "summarize_study"]
+__all__ = ["compare_recipes", "cross_validate", "learning_curve", "paired_difference", "split_halves", "run_study",
+           "score_run", "summarize_folds", "summarize_study"]
 
 
 def summarize_folds(table: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
@@ -220,6 +221,77 @@ def paired_difference(table: pd.DataFrame, recipe: str, baseline: str, *, metric
     out = pd.DataFrame(rows).T
     out["cases"] = out["cases"].astype(int)
     return out
+
+
+def compare_recipes(table: pd.DataFrame, baselines: Mapping[str, str], *, runs: pd.DataFrame | None = None,
+                    metric: str = "dice") -> pd.DataFrame:
+    """A study's table: mean per class, and for each recipe named in ``baselines`` its paired difference.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Per-case scores (columns ``recipe``, ``case``, ``class`` and ``metric``), as :func:`run_study`
+        and :func:`score_run` write them.
+    baselines : mapping
+        ``{recipe: baseline}``: the recipes to compare, each with the one it is compared with.
+    runs : pandas.DataFrame, optional
+        :func:`run_study`'s runs table; its ``minutes`` join the output.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per recipe: the classes' means and ``mean`` (as :func:`summarize_study`); for a compared
+        recipe ``vs``, ``diff``, ``low``, ``high`` (the per-case mean over classes, 95 % bootstrap interval,
+        :func:`paired_difference`), ``interval`` (the text ``+0.0053 [-0.0016, +0.0128]``) and ``verdict``
+        (``"better"``/``"worse"`` when the interval excludes zero, else ``"unclear"``).
+
+    >>> t = pd.DataFrame({"recipe": ["a"] * 4 + ["b"] * 4, "case": ["1", "2", "3", "4"] * 2,
+    ...                   "class": ["X"] * 8, "dice": [0.8, 0.7, 0.9, 0.6, 0.82, 0.71, 0.93, 0.61]})
+    >>> row = compare_recipes(t, {"b": "a"}).loc["b"]
+    >>> round(float(row["diff"]), 4), row["interval"], row["verdict"]
+    (0.0175, '+0.0175 [+0.0100, +0.0250]', 'better')
+    """
+    out = summarize_study(table, metric)
+    for recipe, baseline in baselines.items():
+        d = paired_difference(table, recipe, baseline, metric=metric).loc["mean"]
+        verdict = "better" if d["low"] > 0 else "worse" if d["high"] < 0 else "unclear"
+        out.loc[recipe, ["vs", "interval", "verdict"]] = [
+            baseline, f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]", verdict]
+        out.loc[recipe, ["diff", "low", "high"]] = [round(float(d[k]), 6) for k in ("diff", "low", "high")]
+    if runs is not None:
+        out["minutes"] = runs.set_index("recipe")["minutes"].reindex(out.index)
+    return out
+
+
+def learning_curve(table: pd.DataFrame, runs: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
+    """Per-seed means of a learning-curve study whose recipes are named ``n<cases>_s<seed>_<augmentation>``.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Per-case scores of the study (``recipe``, ``case``, ``class``, ``metric``).
+    runs : pandas.DataFrame
+        Its runs table (``recipe``, ``train_cases``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``train_cases``, ``augmentation``, ``seed``, ``class`` and ``metric`` (the mean over the
+        scored cases of one run), one row per run and class.
+
+    >>> t = pd.DataFrame({"recipe": ["n005_s0_none", "n005_s1_none"] * 2, "case": ["1", "1", "2", "2"],
+    ...                   "class": ["X"] * 4, "dice": [0.5, 0.7, 0.7, 0.9]})
+    >>> r = pd.DataFrame({"recipe": ["n005_s0_none", "n005_s1_none"], "train_cases": [5, 5]})
+    >>> learning_curve(t, r)[["seed", "dice"]].values.tolist()
+    [['s0', 0.6], ['s1', 0.8]]
+    """
+    parts = runs["recipe"].str.extract(r"^n\d+_(?P<seed>s\d+)_(?P<augmentation>.+)$")
+    if parts.isna().any().any():
+        bad = runs["recipe"][parts.isna().any(axis=1)].tolist()
+        raise ValueError(f"learning-curve recipes must be named n<cases>_s<seed>_<augmentation>, got {bad}")
+    keys = pd.concat([runs[["recipe", "train_cases"]], parts], axis=1)
+    merged = table.merge(keys, on="recipe")
+    return (merged.groupby(["train_cases", "augmentation", "seed", "class"])[metric].mean().reset_index())
 
 
 def run_study(recipes: Mapping[str, RunSpec | Mapping], out_dir: str | os.PathLike, *,

@@ -100,9 +100,9 @@ def load_keras(model_path: str | os.PathLike):
     except Exception as exc:
         raise DataError(path, f"cannot be loaded by Keras ({_first_line(exc)})") from None
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    from medseg_tf.models import main_output
+    from medseg_tf.models import main_output, with_precision
 
-    return main_output(model), config
+    return with_precision(main_output(model), "float32"), config
 
 
 def _first_line(exc: BaseException) -> str:

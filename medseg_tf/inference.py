@@ -427,6 +427,11 @@ def predict_ensemble(members: Sequence[tuple], image_path: str | os.PathLike, *,
 def load_run(run_dir: str | os.PathLike) -> tuple[keras.Model, RunSpec]:
     """Load ``model.keras`` (uncompiled) and the run spec (``config.json``) of a run folder.
 
+    The model computes in float32 whatever policy it was trained under (a ``mixed_bfloat16`` run
+    keeps float32 weights): predictions do not depend on the training machine's precision, and
+    a CPU without native bfloat16 does not emulate it. ``python -m medseg_tf bench --precision``
+    measures prediction under the mixed policies.
+
     Returns
     -------
     (keras.Model, RunSpec)
@@ -443,9 +448,9 @@ def load_run(run_dir: str | os.PathLike) -> tuple[keras.Model, RunSpec]:
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a damaged file
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise DataError(model_path, f"cannot be read as a Keras model (corrupt or truncated? {reason})") from None
-    from medseg_tf.models import main_output
+    from medseg_tf.models import main_output, with_precision
 
-    return main_output(model), config
+    return with_precision(main_output(model), "float32"), config
 
 
 def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,

@@ -261,6 +261,33 @@ def main_output(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, model.outputs[0], name=model.name)
 
 
+def with_precision(model: keras.Model, precision: str) -> keras.Model:
+    """The model with its layers computing under the Keras dtype policy ``precision`` (same weights).
+
+    ``precision`` is ``"float32"``, ``"mixed_bfloat16"`` or ``"mixed_float16"``. Every layer but the
+    output activations (float32 always) gets that policy; a model whose layers already have it is
+    returned as is, otherwise a clone (a clone keeps each layer's own policy, so setting the global
+    policy would not reach it). Weights stay float32 under every policy, so a model trained under
+    ``mixed_bfloat16`` becomes a float32 model with the very same weights.
+    """
+    if precision not in ("float32", "mixed_bfloat16", "mixed_float16"):
+        raise ValueError(f"precision must be float32, mixed_bfloat16 or mixed_float16, got {precision!r}")
+    heads = {t._keras_history[0].name for t in model.outputs}  # the output activations stay float32
+    if all(layer.name in heads or layer.dtype_policy.name == precision for layer in model.layers
+           if "dtype" in layer.get_config()):
+        return model
+
+    def recast(layer):
+        config = layer.get_config()
+        if layer.name not in heads and "dtype" in config:
+            config["dtype"] = precision
+        return layer.__class__.from_config(config)
+
+    clone = keras.models.clone_model(model, clone_function=recast)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
 def unet_receptive_field(depth: int = 4, kernel_size: int = 3, convs_per_block: int = 2) -> int:
     """Receptive field (voxels along one axis) of an output voxel of :func:`unet`.
 

@@ -228,8 +228,14 @@ class RunSpec(Mapping):
     split_seed : int or None
         Seed of the training/validation split (and of the folds); None: ``seed``. Fix it to vary
         ``seed`` (initialisation, data stream, subset) over the same validation cases.
-    mixed_precision, jit_compile : "auto" or bool
-        ``"auto"``: on with a GPU, off on a CPU.
+    mixed_precision : "auto", bool or str
+        Keras dtype policy of the model. ``"auto"``: ``mixed_float16`` with a GPU; on a CPU with
+        native bfloat16 (AVX-512 BF16 or AMX) ``mixed_bfloat16`` for 3D and float32 for 2D (where
+        bfloat16 cost Dice; :func:`medseg_tf.runtime.resolve_runtime` gives the measurement); float32
+        on other CPUs. True: the device's mixed policy; False: float32; or the name itself
+        (``"float32"``, ``"mixed_bfloat16"``, ``"mixed_float16"``). Weights are float32 in every case.
+    jit_compile : "auto" or bool
+        XLA compilation. ``"auto"``: on with a GPU, off on a CPU.
     out_dir : str or None
         Run folder. Relative paths are relative to ``settings.runs_dir()``
         (``MEDSEG_RUNS_DIR``, default ``<repo>/runs``); None gives
@@ -359,8 +365,11 @@ class RunSpec(Mapping):
             self.split_seed = _as_int("split_seed", self.split_seed)
         for name in ("mixed_precision", "jit_compile"):
             value = getattr(self, name)
+            if name == "mixed_precision" and value in ("float32", "mixed_bfloat16", "mixed_float16"):
+                continue
             if value != "auto" and not isinstance(value, bool):
-                raise ConfigError(name, f"must be \"auto\", true or false, got {value!r}")
+                extra = ", \"float32\", \"mixed_bfloat16\", \"mixed_float16\"" * (name == "mixed_precision")
+                raise ConfigError(name, f"must be \"auto\", true, false{extra}, got {value!r}")
         if self.out_dir is not None:
             self.out_dir = str(self.out_dir)
         if self.normalization not in NORMALIZATIONS:

@@ -252,7 +252,7 @@ def build_model(config: TrainConfig, num_classes: int, class_names: Sequence[str
                        steps_per_epoch=config.steps_per_epoch)
     weights = config.deep_supervision_weights
     with runtime.strategy.scope():
-        with _dtype_policy(runtime.mixed_precision):
+        with _dtype_policy(runtime.precision):
             model = unet((None,) * config.dims + (config.input_channels,), num_classes, **config.model)
         if len(weights) == 1:
             loss, metrics, loss_weights = get_loss(loss_name, **loss_kwargs), dice_metrics(class_names), None

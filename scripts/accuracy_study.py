@@ -5,6 +5,8 @@ Usage (from the repository root; one study at a time on a 2-core machine)::
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py screen_2d
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py curve_2d
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py final_3d
+    MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py precision
+    MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py wide_3d
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py shipped
 
 ``shipped`` trains nothing: it scores the shipped models, their 2D+3D ensemble and the largest-component
@@ -57,6 +59,8 @@ def _recipe(base: dict, **changes) -> dict:
         else:
             out[key] = value
     out.update(checkpoint="last", split_seed=0, data="hippocampus")
+    # the studies before "precision" ran in float32 (then the CPU default): keep them reproducible
+    out["mixed_precision"] = changes.get("mixed_precision", "float32")
     return out
 
 
@@ -84,13 +88,27 @@ def studies() -> dict[str, dict]:
         for seed in ((0, 1) if n <= 20 else (0,)):  # a second draw of the subset where it matters most
             for aug_name, aug in (("none", False), ("nnunet", nnunet)):
                 curve[f"n{n:03d}_s{seed}_{aug_name}"] = _recipe(small, max_train_cases=n, augment=aug, seed=seed)
+    # float32 vs mixed_bfloat16 (issue 15): the shipped recipes, shortened, one run each, same seed
+    precision = {}
+    for dims, epochs in ((3, 10), (2, 24)):
+        for name, policy in (("f32", "float32"), ("bf16", "mixed_bfloat16")):
+            precision[f"{name}_{dims}d"] = _recipe(shipped(f"hippocampus_{dims}d"), epochs=epochs,
+                                                   mixed_precision=policy)
     return {
+        "precision": {"recipes": precision, "score": "select"},
         "screen_2d": {"recipes": screen_2d, "score": "select"},
         "curve_2d": {"recipes": curve, "score": "select"},
         "final_2d": {"recipes": {"candidate": _recipe(shipped("hippocampus_2d"), augment=nnunet)},
                      "score": "test"},
         "final_3d": {"recipes": {"candidate": _recipe(shipped("hippocampus_3d"), augment=nnunet)},
                      "score": "test"},
+        # capacity: the 3D candidate's training Dice (0.91) is above its validation Dice (0.877), which
+        # stopped rising after about 20 of 40 epochs; 1.5x the widths (2.25x the FLOPs) in bfloat16.
+        # Scored on all 40: compared with the shipped model on select first, test read once after.
+        "wide_3d": {"recipes": {"candidate": _recipe(shipped("hippocampus_3d"), augment=nnunet,
+                                                     model={"base_filters": 24, "max_filters": 96},
+                                                     mixed_precision="mixed_bfloat16")},
+                    "score": "val"},
     }
 
 
@@ -133,55 +151,75 @@ def _md(frame) -> str:
     return "\n".join([head, rule, *body])
 
 
-def report() -> int:
-    """Print the study's results as Markdown tables, from the committed tables only."""
+def final_comparison() -> tuple:
+    """The candidates of ``final_2d``/``final_3d`` and the models shipped before, on the test half.
+
+    Returns ``(per-case table, compare_recipes table)``; the models before are named ``before_2d``,
+    ``before_3d`` and ``before_2d+3d``, each candidate is compared with the model it would replace.
+    """
     import pandas as pd
 
-    from medseg_tf.crossval import paired_difference, summarize_study
+    from medseg_tf.crossval import compare_recipes
 
-    def read(name):
-        return pd.read_csv(OUT / f"{name}.csv", dtype={"case": str})
+    before = read("previous_models_metrics")
+    before = before[(before["half"] == "test") & ~before["lcc"]].copy()
+    before["recipe"] = before["recipe"].str.replace("shipped_", "before_")
+    rows, pairs, minutes = [before], {}, []
+    for dims in (2, 3):
+        if (OUT / f"final_{dims}d_metrics.csv").exists():
+            rows.append(read(f"final_{dims}d_metrics").assign(recipe=f"candidate_{dims}d"))
+            pairs[f"candidate_{dims}d"] = f"before_{dims}d"
+            minutes.append(read(f"final_{dims}d_runs").assign(recipe=f"candidate_{dims}d"))
+    table = pd.concat(rows, ignore_index=True)
+    runs = pd.concat(minutes, ignore_index=True) if minutes else None
+    return table, compare_recipes(table, pairs, runs=runs)
 
-    screen, screen_runs = read("screen_2d_metrics"), read("screen_2d_runs")
-    levers = summarize_study(screen)
-    for name in levers.index:
-        if name != "base":
-            d = paired_difference(screen, name, "base").loc["mean"]
-            levers.loc[name, "vs base (95 % interval)"] = f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
-    levers["minutes"] = screen_runs.set_index("recipe")["minutes"].map("{:.1f}".format)
+
+def read(name: str):
+    """One committed table of ``benchmarks/accuracy`` (case ids as text)."""
+    import pandas as pd
+
+    return pd.read_csv(OUT / f"{name}.csv", dtype={"case": str})
+
+
+def report() -> int:
+    """Print the study's results as Markdown tables, from the committed tables only."""
+    from medseg_tf.crossval import compare_recipes, learning_curve
+
+    def minutes(frame):
+        frame["minutes"] = frame["minutes"].map(lambda m: "" if m != m else f"{m:.1f}")
+        return frame
+
+    if (OUT / "precision_metrics.csv").exists():
+        table = compare_recipes(read("precision_metrics"), {"bf16_3d": "f32_3d", "bf16_2d": "f32_2d"},
+                                runs=read("precision_runs"))
+        table = minutes(table)[["Anterior", "Posterior", "mean", "interval", "minutes"]]
+        print("float32 vs mixed_bfloat16 (3D 10 epochs, 2D 24 epochs, 20 select cases, mean Dice per case):\n")
+        print(_md(table.rename(columns={"interval": "bf16 - f32 (95 % interval)"}).fillna("")) + "\n")
+
+    screen = read("screen_2d_metrics")
+    names = sorted(set(screen["recipe"]) - {"base"}, key=list(screen["recipe"].unique()).index)
+    levers = compare_recipes(screen, {name: "base" for name in names}, runs=read("screen_2d_runs"))
+    levers = minutes(levers)[["Anterior", "Posterior", "mean", "interval", "minutes"]]
     print("Levers (2D, 24 epochs, 20 select cases, mean Dice per case):\n")
-    print(_md(levers.fillna("")) + "\n")
+    print(_md(levers.rename(columns={"interval": "vs base (95 % interval)"}).fillna("")) + "\n")
 
     if (OUT / "curve_2d_metrics.csv").exists():
-        curve = read("curve_2d_metrics").merge(read("curve_2d_runs")[["recipe", "train_cases"]], on="recipe")
-        curve["augmentation"] = curve["recipe"].str.split("_").str[-1]
-        curve["seed"] = curve["recipe"].str.split("_").str[1]
-        per_seed = curve.groupby(["train_cases", "augmentation", "seed", "class"])["dice"].mean()
-        table = per_seed.groupby(["train_cases", "augmentation", "class"]).mean().unstack(["augmentation", "class"])
+        per_seed = learning_curve(read("curve_2d_metrics"), read("curve_2d_runs"))
+        table = per_seed.groupby(["train_cases", "augmentation", "class"])["dice"].mean()
+        table = table.unstack(["augmentation", "class"])
         table.columns = [f"{cls} ({aug})" for aug, cls in table.columns]
         print("Learning curve (2D, 10 epochs, 20 select cases; mean over the seeds):\n")
         print(_md(table) + "\n")
-        both = per_seed.groupby(["train_cases", "augmentation", "seed"]).mean()
+        both = per_seed.groupby(["train_cases", "augmentation", "seed"])["dice"].mean()
         gap = both.groupby(["train_cases", "augmentation"]).agg(lambda v: v.max() - v.min())
         n, aug = gap.idxmax()
         print(f"Largest difference between two seeds (mean of both classes): {gap.max():.4f} at {n} cases "
               f"(augmentation {aug})\n")
 
-    before = read("previous_models_metrics")
-    before = before[(before["half"] == "test") & ~before["lcc"]]
-    before["recipe"] = before["recipe"].str.replace("shipped_", "before_")
-    rows = [before]
-    for dims in (2, 3):
-        if (OUT / f"final_{dims}d_metrics.csv").exists():
-            rows.append(read(f"final_{dims}d_metrics").assign(recipe=f"candidate_{dims}d"))
-    final = pd.concat(rows, ignore_index=True)
-    finals = summarize_study(final)
-    for dims in (2, 3):
-        name = f"candidate_{dims}d"
-        if name in finals.index:
-            d = paired_difference(final, name, f"before_{dims}d").loc["mean"]
-            finals.loc[name, f"vs before (95 % interval)"] = f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
-            finals.loc[name, "train minutes"] = f"{read(f'final_{dims}d_runs')['minutes'].iloc[0]:.1f}"
+    _, finals = final_comparison()
+    finals = minutes(finals)[["Anterior", "Posterior", "mean", "interval", "minutes"]]
+    finals = finals.rename(columns={"interval": "vs before (95 % interval)", "minutes": "train minutes"})
     print("Candidates vs the models shipped before, 20 test cases (mean Dice per case):\n")
     print(_md(finals.fillna("")) + "\n")
 

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -54,3 +55,40 @@ def test_cross_validation_scores_every_case_once(tmp_path, phantom_root, capsys)
     summary = pd.read_csv(out / "cv_summary.csv", index_col="class")
     assert summary.loc["Anterior", "mean"] == pytest.approx(table[table["class"] == "Anterior"]["dice"].mean())
     assert "fold_std" in capsys.readouterr().out
+
+
+def test_compare_recipes_gives_verdicts_and_minutes():
+    from medseg_tf.crossval import compare_recipes
+
+    rng = np.random.default_rng(0)
+    cases = [str(i) for i in range(20)]
+    base = rng.uniform(0.7, 0.9, size=20)
+    rows = []
+    for recipe, shift in (("base", 0.0), ("up", 0.02), ("down", -0.02), ("same", 0.0)):
+        noise = rng.normal(0, 0.001 if shift else 0.02, size=20)
+        rows += [{"recipe": recipe, "case": c, "class": cls, "dice": d + shift + n}
+                 for c, d, n in zip(cases, base, noise) for cls in ("A", "B")]
+    table = pd.DataFrame(rows)
+    runs = pd.DataFrame({"recipe": ["base", "up", "down", "same"], "minutes": [1.0, 2.0, 3.0, 4.0]})
+    out = compare_recipes(table, {"up": "base", "down": "base", "same": "base"}, runs=runs)
+    assert out.loc[["up", "down", "same"], "verdict"].tolist() == ["better", "worse", "unclear"]
+    assert out.loc["up", "diff"] == pytest.approx(0.02, abs=0.002)
+    assert out.loc["up", "low"] < out.loc["up", "diff"] < out.loc["up", "high"]
+    assert out.loc["down", "interval"].startswith("-0.0")
+    assert pd.isna(out.loc["base", "verdict"]) and out["minutes"].tolist() == [1.0, 2.0, 3.0, 4.0]
+    with pytest.raises(ValueError, match="'nope'"):
+        compare_recipes(table, {"nope": "base"})
+
+
+def test_learning_curve_averages_each_run_and_refuses_other_names():
+    from medseg_tf.crossval import learning_curve
+
+    table = pd.DataFrame({"recipe": ["n010_s0_nnunet"] * 4 + ["n020_s1_none"] * 2,
+                          "case": ["1", "2", "1", "2", "1", "2"], "class": ["X", "X", "Y", "Y", "X", "X"],
+                          "dice": [0.6, 0.8, 0.5, 0.5, 0.9, 0.7]})
+    runs = pd.DataFrame({"recipe": ["n010_s0_nnunet", "n020_s1_none"], "train_cases": [10, 20]})
+    out = learning_curve(table, runs).set_index(["train_cases", "augmentation", "seed", "class"])["dice"]
+    assert out.to_dict() == pytest.approx({(10, "nnunet", "s0", "X"): 0.7, (10, "nnunet", "s0", "Y"): 0.5,
+                                           (20, "none", "s1", "X"): 0.8})
+    with pytest.raises(ValueError, match="n<cases>_s<seed>_<augmentation>.*'base'"):
+        learning_curve(table, pd.DataFrame({"recipe": ["base"], "train_cases": [5]}))

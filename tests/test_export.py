@@ -263,3 +263,34 @@ def test_shipped_onnx_models_reproduce_keras_labels(name, tmp_path):
     predict_folder(model_dir, images, tmp_path / "keras", progress=False)
     predict_folder_onnx(onnx_path, images, tmp_path / "onnx", progress=False)
     assert _agreement(tmp_path / "keras", tmp_path / "onnx") >= 0.999
+
+
+def test_a_bfloat16_run_predicts_and_exports_in_float32(tmp_path):
+    """A run trained under mixed_bfloat16 (the CPU default where bfloat16 is native) keeps float32 weights:
+    load_run and the exports give the float32 network with those weights."""
+    import keras
+
+    from medseg_tf.inference import load_run
+    from medseg_tf.models import unet
+
+    keras.utils.set_random_seed(0)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        bf16 = unet((None, None, None, 1), 3, depth=2, base_filters=4)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert bf16.layers[1].compute_dtype == "bfloat16"
+    run = tmp_path / "run"
+    run.mkdir()
+    bf16.save(run / "model.keras")
+    (run / "config.json").write_text(json.dumps({"dims": 3, "data": "phantom", "model": {"depth": 2,
+                                                  "base_filters": 4}, "patch_size": None}))
+    model, _ = load_run(run)
+    assert {layer.compute_dtype for layer in model.layers if layer.weights} == {"float32"}
+    f32 = unet((None, None, None, 1), 3, depth=2, base_filters=4)
+    f32.set_weights(bf16.get_weights())
+    x = np.random.default_rng(0).standard_normal((1, 16, 16, 8, 1)).astype(np.float32)
+    np.testing.assert_allclose(model.predict_on_batch(x), f32.predict_on_batch(x), atol=1e-5)
+    assert main(["export", "--model", str(run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    np.testing.assert_allclose(OnnxModel(tmp_path / "m.onnx").predict_batch(x), f32.predict_on_batch(x), atol=1e-4)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from medseg_tf import training as T
-from medseg_tf.errors import DataError, OverwriteError
+from medseg_tf.errors import ConfigError, DataError, OverwriteError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,24 +104,55 @@ def test_runtime_on_cpu(monkeypatch):
     runtime = T.resolve_runtime(T.TrainConfig())
     if runtime.device != "CPU":
         pytest.skip("this test describes the CPU defaults")
-    assert (runtime.mixed_precision, runtime.jit_compile, runtime.strategy_name) == (False, False, "default")
+    from medseg_tf.runtime import cpu_has_bf16
+
+    assert T.TrainConfig().dims == 2
+    assert (runtime.precision, runtime.jit_compile, runtime.strategy_name) == ("float32", False, "default")
     line = T.describe_runtime()
     assert "CPU" in line and "float32" in line and "XLA: off" in line and "default (1 replica)" in line
+    auto3d = T.resolve_runtime(T.TrainConfig(dims=3, patch_size=[16, 16, 16]))
+    assert auto3d.precision == ("mixed_bfloat16" if cpu_has_bf16() else "float32")  # native bfloat16 or none
+    assert auto3d.mixed_precision == cpu_has_bf16()
     forced = T.resolve_runtime(T.TrainConfig(mixed_precision=True, jit_compile=True))
-    assert forced.mixed_precision and forced.jit_compile
-    assert "mixed_float16" in forced.describe() and "XLA: on" in forced.describe()
+    assert forced.precision == "mixed_bfloat16" and forced.jit_compile  # a CPU's mixed policy
+    assert "mixed_bfloat16" in forced.describe() and "XLA: on" in forced.describe()
+    assert T.resolve_runtime(T.TrainConfig(mixed_precision=False)).precision == "float32"
+    named = T.resolve_runtime(T.TrainConfig(mixed_precision="mixed_float16"))
+    assert named.precision == "mixed_float16" and named.mixed_precision
+
+
+def test_precision_setting_is_checked_where_it_is_read():
+    assert T.TrainConfig(mixed_precision="mixed_bfloat16").mixed_precision == "mixed_bfloat16"
+    with pytest.raises(ConfigError, match="mixed_precision.*mixed_bfloat16.*got 'bf16'"):
+        T.TrainConfig(mixed_precision="bf16")
+    with pytest.raises(ConfigError, match="jit_compile.*got 'yes'"):
+        T.TrainConfig(jit_compile="yes")
+
+
+def test_cpu_has_bf16_reads_the_cpu_flags(tmp_path):
+    from medseg_tf.runtime import cpu_has_bf16
+
+    for i, (flags, expected) in enumerate((("fpu sse avx512f avx512_bf16", True), ("fpu amx_bf16 amx_tile", True),
+                                           ("fpu sse avx2 avx512f", False))):
+        fake = tmp_path / f"cpuinfo{i}"
+        fake.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert cpu_has_bf16(str(fake)) is expected
+    assert cpu_has_bf16(str(tmp_path / "absent")) is False
 
 
 @pytest.mark.slow
-def test_mixed_precision_train_step(phantom_root):
-    """The GPU precision (mixed_float16) also works on a CPU: float32 output, finite loss."""
-    runtime = T.resolve_runtime(T.TrainConfig(mixed_precision=True))
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_train_step(phantom_root, policy):
+    """The GPU precision (mixed_float16, with loss scaling) and the CPU one (mixed_bfloat16, without)
+    both build and train here: float32 weights and output, finite loss."""
+    runtime = T.resolve_runtime(T.TrainConfig(mixed_precision=policy))
     config = T.TrainConfig(data=str(phantom_root), patch_size=(16, 16), model={"depth": 1, "base_filters": 4})
     before = keras.config.dtype_policy().name
     model = T.build_model(config, 3, ["bg", "a", "b"], runtime)
     assert keras.config.dtype_policy().name == before  # the global policy is restored
-    assert model.layers[1].dtype_policy.name == "mixed_float16"
-    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert model.layers[1].dtype_policy.name == policy
+    assert {w.dtype for w in model.weights} == {"float32"}
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
     out = model(np.zeros((1, 16, 16, 1), np.float32))
     assert keras.backend.standardize_dtype(out.dtype) == "float32"
     rng = np.random.default_rng(0)
