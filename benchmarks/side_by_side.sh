@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 TORCH_PY=${1:-/tmp/torchenv/bin/python}
 : "${MEDSEG_HIPPOCAMPUS_DIR:=../shared/data/msd_hippocampus}"
 export MEDSEG_HIPPOCAMPUS_DIR
-.venv/bin/python -m medseg_tf bench --dims 2 3 --data synthetic hippocampus --steps 20 --repeats 3 \
-    --out benchmarks/side_by_side_keras.csv --no-progress
-"$TORCH_PY" benchmarks/side_by_side_torch.py --steps 20 --repeats 3 --out benchmarks/side_by_side_torch.csv
+.venv/bin/python -m medseg_tf bench --dims 2 3 --data synthetic hippocampus --precision float32 mixed_bfloat16 \
+    --steps 20 --repeats 3 --out benchmarks/side_by_side_keras.csv --no-progress
+"$TORCH_PY" benchmarks/side_by_side_torch.py --precision float32 bfloat16 --steps 20 --repeats 3 \
+    --out benchmarks/side_by_side_torch.csv
+.venv/bin/python benchmarks/report.py

@@ -34,7 +34,8 @@ NETS = {
 }
 
 
-def samples_per_second(name: str, steps: int, warmup: int, repeats: int, threads: int | None) -> dict:
+def samples_per_second(name: str, steps: int, warmup: int, repeats: int, threads: int | None,
+                       precision: str = "float32") -> dict:
     dims, cin, features, batch, patch = NETS[name]
     if threads:
         torch.set_num_threads(threads)
@@ -49,7 +50,9 @@ def samples_per_second(name: str, steps: int, warmup: int, repeats: int, threads
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(x), y)
+        # bfloat16: PyTorch's mixed precision on a CPU (autocast; float32 weights, no loss scaling)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+            loss = loss_fn(net(x), y)
         loss.backward()
         opt.step()
 
@@ -61,7 +64,8 @@ def samples_per_second(name: str, steps: int, warmup: int, repeats: int, threads
         for _ in range(steps):
             step()
         rates.append(steps * batch / (time.perf_counter() - start))
-    return {"framework": f"torch {torch.__version__} + monai", "net": name, "batch": batch,
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "framework": f"torch {torch.__version__} + monai", "net": name, "precision": precision, "batch": batch,
             "patch": "x".join(map(str, patch)), "params": sum(p.numel() for p in net.parameters()),
             "samples_per_s": round(statistics.median(rates), 2), "threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
@@ -74,18 +78,24 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--precision", nargs="+", choices=("float32", "bfloat16"), default=["float32"])
     parser.add_argument("--out", help="CSV file to append the rows to")
     args = parser.parse_args()
-    rows = [samples_per_second(n, args.steps, args.warmup, args.repeats, args.threads) for n in args.nets]
-    for row in rows:
-        print(",".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    rows = []
+    for n in args.nets:
+        for precision in args.precision:
+            rows.append(samples_per_second(n, args.steps, args.warmup, args.repeats, args.threads, precision))
+            print(",".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
     if args.out:
-        new = not os.path.exists(args.out)
-        with open(args.out, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+        old = []
+        if os.path.exists(args.out):  # older files lack some columns (date, precision): rewrite with all
+            with open(args.out, newline="") as f:
+                old = [{"precision": "float32", **r} for r in csv.DictReader(f)]
+        fields = list(rows[0]) + [k for r in old for k in r if k not in rows[0]]
+        with open(args.out, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(fields)), restval="")
+            writer.writeheader()
+            writer.writerows(old + rows)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ from medseg_tf import io
 from medseg_tf.errors import OverwriteError
 from medseg_tf.runspec import RunSpec
 
-__all__ = ["compare_recipes", "cross_validate", "learning_curve", "paired_difference", "split_halves", "run_study",
-           "score_run", "summarize_folds", "summarize_study"]
+__all__ = ["compare_recipes", "cross_validate", "final_comparison", "learning_curve", "paired_difference",
+           "read_study_table", "select_comparison", "split_halves", "run_study", "score_run", "summarize_folds",
+           "summarize_study"]
 
 
 def summarize_folds(table: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
@@ -292,6 +293,57 @@ def learning_curve(table: pd.DataFrame, runs: pd.DataFrame, metric: str = "dice"
     keys = pd.concat([runs[["recipe", "train_cases"]], parts], axis=1)
     merged = table.merge(keys, on="recipe")
     return (merged.groupby(["train_cases", "augmentation", "seed", "class"])[metric].mean().reset_index())
+
+
+def read_study_table(results_dir: str | os.PathLike, name: str) -> pd.DataFrame:
+    """One table ``<results_dir>/<name>.csv`` written by a study (case ids read as text)."""
+    return pd.read_csv(Path(results_dir) / f"{name}.csv", dtype={"case": str})
+
+
+def final_comparison(results_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The hippocampus study's final candidates against the models shipped before, on the test half.
+
+    Reads the tables ``scripts/accuracy_study.py`` writes into ``results_dir`` (``benchmarks/accuracy``):
+    ``previous_models_metrics`` (the models before the study, both halves), ``final_2d``/``final_3d``
+    (candidates scored on the test half) and ``wide_3d`` (scored on all held-out cases; its test half is
+    used here), each with its ``_runs`` table.
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        Per-case scores on the test half; recipes ``before_2d``, ``before_3d``, ``before_2d+3d`` and the
+        candidates present (``candidate_2d``, ``candidate_3d``, ``wide_3d``).
+    summary : pandas.DataFrame
+        :func:`compare_recipes` of each candidate against the model it would replace, with training minutes.
+    """
+    before = read_study_table(results_dir, "previous_models_metrics")
+    before = before[(before["half"] == "test") & ~before["lcc"]].copy()
+    before["recipe"] = before["recipe"].str.replace("shipped_", "before_")
+    test_cases = set(before["case"])
+    rows, pairs, minutes = [before], {}, []
+    for name, recipe, baseline in (("final_2d", "candidate_2d", "before_2d"),
+                                   ("final_3d", "candidate_3d", "before_3d"), ("wide_3d", "wide_3d", "before_3d")):
+        if (Path(results_dir) / f"{name}_metrics.csv").exists():
+            scores = read_study_table(results_dir, f"{name}_metrics")
+            rows.append(scores[scores["case"].isin(test_cases)].assign(recipe=recipe))
+            pairs[recipe] = baseline
+            minutes.append(read_study_table(results_dir, f"{name}_runs").assign(recipe=recipe))
+    table = pd.concat(rows, ignore_index=True)
+    runs = pd.concat(minutes, ignore_index=True) if minutes else None
+    return table, compare_recipes(table, pairs, runs=runs)
+
+
+def select_comparison(results_dir: str | os.PathLike) -> pd.DataFrame:
+    """``wide_3d`` against the shipped 3D model on the *select* half (where the keep-or-replace decision is made).
+
+    :func:`compare_recipes` output; recipes ``before_3d`` and ``wide_3d``.
+    """
+    before = read_study_table(results_dir, "previous_models_metrics")
+    before = before[(before["half"] == "select") & ~before["lcc"] & (before["recipe"] == "shipped_3d")]
+    wide = read_study_table(results_dir, "wide_3d_metrics")
+    wide = wide[wide["case"].isin(set(before["case"]))].assign(recipe="wide_3d")
+    table = pd.concat([before.assign(recipe="before_3d"), wide], ignore_index=True)
+    return compare_recipes(table, {"wide_3d": "before_3d"})
 
 
 def run_study(recipes: Mapping[str, RunSpec | Mapping], out_dir: str | os.PathLike, *,

@@ -8,10 +8,15 @@ Usage (from the repository root; one study at a time on a 2-core machine)::
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py precision
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py wide_3d
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py shipped
+    MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py ensembles_3d
 
 ``shipped`` trains nothing: it scores the shipped models, their 2D+3D ensemble and the largest-component
 post-processing on both halves (``benchmarks/accuracy/shipped_metrics.csv``). The same command run on the
 models shipped before the study (commit 03b7ebc) wrote ``previous_models_metrics.csv``.
+
+``ensembles_3d`` trains nothing: it scores the three 3D models trained so far (the shipped one and the
+``final_3d`` and ``wide_3d`` candidates, from ``runs/study``) and their probability ensembles on both halves
+(``ensembles_3d_metrics.csv``).
 
 ``report`` trains nothing either: it prints the README's tables (Markdown) from the committed tables.
 
@@ -112,8 +117,8 @@ def studies() -> dict[str, dict]:
     }
 
 
-def score_shipped(extra: dict[str, list[Path]] | None = None) -> int:
-    """Score the shipped models, their ensemble and LCC post-processing on the select and test halves."""
+def score_members(members: dict[str, list[Path]], out_name: str, lcc_options=(False, True)) -> int:
+    """Score models and probability ensembles (name -> run folders) on the select and test halves."""
     import pandas as pd
 
     from medseg_tf.crossval import score_run, split_halves, summarize_study
@@ -123,22 +128,42 @@ def score_shipped(extra: dict[str, list[Path]] | None = None) -> int:
     dataset = open_dataset("hippocampus")
     _, val_ids = split_cases(dataset.case_ids, 0.2, 0)
     select, test = split_halves(val_ids)
-    members = {"shipped_2d": [ROOT / "models" / "hippocampus_2d"],
-               "shipped_3d": [ROOT / "models" / "hippocampus_3d"]}
-    members["shipped_2d+3d"] = members["shipped_2d"] + members["shipped_3d"]
-    members.update(extra or {})
     tables = []
     for name, runs in members.items():
-        for lcc in (False, True):
+        for lcc in lcc_options:
             for half, cases in (("select", select), ("test", test)):
                 table = score_run(runs, cases, dataset=dataset, lcc=lcc)
                 tables.append(table.assign(recipe=name, lcc=lcc, half=half))
     metrics = pd.concat(tables, ignore_index=True)
     OUT.mkdir(parents=True, exist_ok=True)
-    metrics.to_csv(OUT / "shipped_metrics.csv", index=False, float_format="%.6g")
+    metrics.to_csv(OUT / f"{out_name}.csv", index=False, float_format="%.6g")
     metrics["recipe"] = metrics["recipe"] + metrics["lcc"].map({True: " +lcc", False: ""}) + " / " + metrics["half"]
     print(summarize_study(metrics).round(4).to_string())
     return 0
+
+
+def score_shipped() -> int:
+    """Score the shipped models, their ensemble and LCC post-processing on the select and test halves."""
+    members = {"shipped_2d": [ROOT / "models" / "hippocampus_2d"],
+               "shipped_3d": [ROOT / "models" / "hippocampus_3d"]}
+    members["shipped_2d+3d"] = members["shipped_2d"] + members["shipped_3d"]
+    return score_members(members, "shipped_metrics")
+
+
+def score_ensembles_3d() -> int:
+    """The three 3D models trained so far (shipped, final_3d and wide_3d candidates) and their ensembles."""
+    from medseg_tf import settings
+
+    study = settings.runs_dir() / "study"
+    single = {"shipped_3d": ROOT / "models" / "hippocampus_3d", "candidate_3d": study / "final_3d" / "candidate",
+              "wide_3d": study / "wide_3d" / "candidate"}
+    for name, run in single.items():
+        if not (run / "model.keras").is_file():
+            raise SystemExit(f"{run}: no trained model; run the study that trains {name} first")
+    members = {name: [run] for name, run in single.items()}
+    members["candidate_3d+wide_3d"] = [single["candidate_3d"], single["wide_3d"]]
+    members["all_three_3d"] = list(single.values())
+    return score_members(members, "ensembles_3d_metrics", lcc_options=(False,))
 
 
 def _md(frame) -> str:
@@ -151,51 +176,30 @@ def _md(frame) -> str:
     return "\n".join([head, rule, *body])
 
 
-def final_comparison() -> tuple:
-    """The candidates of ``final_2d``/``final_3d`` and the models shipped before, on the test half.
-
-    Returns ``(per-case table, compare_recipes table)``; the models before are named ``before_2d``,
-    ``before_3d`` and ``before_2d+3d``, each candidate is compared with the model it would replace.
-    """
-    import pandas as pd
-
-    from medseg_tf.crossval import compare_recipes
-
-    before = read("previous_models_metrics")
-    before = before[(before["half"] == "test") & ~before["lcc"]].copy()
-    before["recipe"] = before["recipe"].str.replace("shipped_", "before_")
-    rows, pairs, minutes = [before], {}, []
-    for dims in (2, 3):
-        if (OUT / f"final_{dims}d_metrics.csv").exists():
-            rows.append(read(f"final_{dims}d_metrics").assign(recipe=f"candidate_{dims}d"))
-            pairs[f"candidate_{dims}d"] = f"before_{dims}d"
-            minutes.append(read(f"final_{dims}d_runs").assign(recipe=f"candidate_{dims}d"))
-    table = pd.concat(rows, ignore_index=True)
-    runs = pd.concat(minutes, ignore_index=True) if minutes else None
-    return table, compare_recipes(table, pairs, runs=runs)
-
-
 def read(name: str):
     """One committed table of ``benchmarks/accuracy`` (case ids as text)."""
-    import pandas as pd
+    from medseg_tf.crossval import read_study_table
 
-    return pd.read_csv(OUT / f"{name}.csv", dtype={"case": str})
+    return read_study_table(OUT, name)
 
 
 def report() -> int:
     """Print the study's results as Markdown tables, from the committed tables only."""
-    from medseg_tf.crossval import compare_recipes, learning_curve
+    from medseg_tf.crossval import compare_recipes, final_comparison, learning_curve, select_comparison
 
     def minutes(frame):
         frame["minutes"] = frame["minutes"].map(lambda m: "" if m != m else f"{m:.1f}")
         return frame
 
     if (OUT / "precision_metrics.csv").exists():
-        table = compare_recipes(read("precision_metrics"), {"bf16_3d": "f32_3d", "bf16_2d": "f32_2d"},
-                                runs=read("precision_runs"))
+        runs = read("precision_runs")
+        table = compare_recipes(read("precision_metrics"), {"bf16_3d": "f32_3d", "bf16_2d": "f32_2d"}, runs=runs)
         table = minutes(table)[["Anterior", "Posterior", "mean", "interval", "minutes"]]
         print("float32 vs mixed_bfloat16 (3D 10 epochs, 2D 24 epochs, 20 select cases, mean Dice per case):\n")
         print(_md(table.rename(columns={"interval": "bf16 - f32 (95 % interval)"}).fillna("")) + "\n")
+        m = runs.set_index("recipe")["minutes"]
+        print(f"bfloat16 trained {m['f32_3d'] / m['bf16_3d']:.2f}x faster in 3D, {m['f32_2d'] / m['bf16_2d']:.2f}x "
+              f"in 2D\n")
 
     screen = read("screen_2d_metrics")
     names = sorted(set(screen["recipe"]) - {"base"}, key=list(screen["recipe"].unique()).index)
@@ -217,7 +221,30 @@ def report() -> int:
         print(f"Largest difference between two seeds (mean of both classes): {gap.max():.4f} at {n} cases "
               f"(augmentation {aug})\n")
 
-    _, finals = final_comparison()
+    if (OUT / "wide_3d_metrics.csv").exists():
+        chosen = select_comparison(OUT)[["Anterior", "Posterior", "mean", "interval"]]
+        print("A wider 3D U-Net (24 filters capped at 96, bfloat16, nnU-Net set) against the shipped 3D model, "
+              "20 select cases (the decision):\n")
+        print(_md(chosen.rename(columns={"interval": "vs before (95 % interval)"}).fillna("")) + "\n")
+
+    if (OUT / "ensembles_3d_metrics.csv").exists():
+        ens3 = read("ensembles_3d_metrics")
+        names = [n for n in ens3["recipe"].unique() if n != "shipped_3d"]
+        parts = []
+        for half in ("select", "test"):
+            t = compare_recipes(ens3[ens3["half"] == half], {n: "shipped_3d" for n in names})
+            parts.append(t[["Anterior", "Posterior", "interval"]].rename(
+                columns=lambda c: f"{c} ({half})" if c != "interval" else f"vs shipped_3d ({half})"))
+        import pandas as pd
+
+        shipped_s = json.loads((ROOT / "models" / "hippocampus_3d" / "summary.json").read_text())["seconds_this_session"]
+        spent = {"shipped": shipped_s / 60, "candidate": read("final_3d_runs")["minutes"].iloc[0],
+                 "wide": read("wide_3d_runs")["minutes"].iloc[0]}
+        print("Three 3D models and their probability ensembles (mean Dice per case; training minutes: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in spent.items()) + "):\n")
+        print(_md(pd.concat(parts, axis=1).fillna("")) + "\n")
+
+    _, finals = final_comparison(OUT)
     finals = minutes(finals)[["Anterior", "Posterior", "mean", "interval", "minutes"]]
     finals = finals.rename(columns={"interval": "vs before (95 % interval)", "minutes": "train minutes"})
     print("Candidates vs the models shipped before, 20 test cases (mean Dice per case):\n")
@@ -236,7 +263,7 @@ def report() -> int:
 def main(argv: list[str] | None = None) -> int:
     all_studies = studies()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study", choices=sorted([*all_studies, "shipped", "report"]))
+    parser.add_argument("study", choices=sorted([*all_studies, "shipped", "ensembles_3d", "report"]))
     parser.add_argument("--only", nargs="*", help="train only these recipes of the study")
     args = parser.parse_args(argv)
 
@@ -246,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.study == "shipped":
         return score_shipped()
+    if args.study == "ensembles_3d":
+        return score_ensembles_3d()
     if args.study == "report":
         return report()
 
@@ -258,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     select, test = split_halves(val_ids)
     cases = {"select": select, "test": test, "val": val_ids}[study["score"]]
     metrics, runs = run_study(recipes, Path("study") / args.study, score_cases=cases)
+    if study["score"] == "val":  # scored on both halves: say which is which
+        metrics["half"] = metrics["case"].map(lambda c: "select" if c in select else "test")
     OUT.mkdir(parents=True, exist_ok=True)
     if not args.only:
         metrics.to_csv(OUT / f"{args.study}_metrics.csv", index=False, float_format="%.6g")

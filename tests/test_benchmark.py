@@ -321,3 +321,25 @@ def test_a_precision_without_a_kernel_gives_an_error_row_and_old_files_gain_the_
     df = benchmark.read_bench(old)
     assert list(df.columns) == list(benchmark.BENCH_COLUMNS) and len(df) == 1 + len(rows)
     assert df["error"].isna().iloc[0] and df["error"].iloc[1:].str.contains("MaxPool3D").all()
+
+
+def test_benchmark_report_prints_the_committed_rows(capsys):
+    """benchmarks/report.py (the README's efficiency tables) reads the committed CSVs and computes its ratios."""
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "benchmarks" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    assert report.main() == 0
+    out = capsys.readouterr().out
+    rows = pd.read_csv(ROOT / "benchmarks" / "bench.csv")
+    newest = rows[(rows["kind"] == "predict") & rows["e2e_ms_per_volume"].notna()]
+    newest = newest[newest["date"] == newest["date"].max()]
+    for r in newest.itertuples():
+        assert f"| {r.model} | {r.source} | {r.precision} | {r.e2e_ms_per_volume:.1f} |" in out
+    keras = pd.read_csv(ROOT / "benchmarks" / "side_by_side_keras.csv")
+    torch = pd.read_csv(ROOT / "benchmarks" / "side_by_side_torch.csv").dropna(subset=["date"])
+    keras = keras[(keras["date"] == keras["date"].max()) & (keras["kind"] == "train")]
+    k = keras[(keras["dims"] == 3) & (keras["precision"] == "float32") & (keras["data"] == "synthetic")]
+    t = torch[(torch["date"] == torch["date"].max()) & (torch["net"] == "3d_d4_f16_max64")
+              & (torch["precision"] == "float32")]
+    ratio = float(k["samples_per_s"].iloc[0]) / float(t["samples_per_s"].iloc[0])
+    assert f"| {ratio:.2f}x |" in out

@@ -1,0 +1,80 @@
+"""Print the README's efficiency tables (Markdown) from the committed benchmark CSVs; measures nothing.
+
+    python benchmarks/report.py
+
+1. Prediction end to end (``bench --model ...``, as ``predict`` does it) of the reference models on their 40
+   held-out cases: the newest such rows of ``bench.csv`` (``benchmarks/idle_machine.sh``, step 4).
+2. Training speed, Keras (this project) against PyTorch + MONAI: the newest row of each configuration (``side_by_side_keras.csv``: ``python -m medseg_tf bench`` rows, real input
+pipeline and synthetic batch; ``side_by_side_torch.csv``: ``side_by_side_torch.py``, synthetic batch) as
+``benchmarks/side_by_side.sh`` writes them, one after the other on the same machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+NETS = {2: "2d_d4_f16_ctx2", 3: "3d_d4_f16_max64"}
+TORCH_PRECISION = {"float32": "float32", "mixed_bfloat16": "bfloat16"}
+
+
+def prediction() -> None:
+    rows = pd.read_csv(HERE / "bench.csv")
+    rows = rows[(rows["kind"] == "predict") & rows["e2e_ms_per_volume"].notna()]
+    rows = rows[rows["date"] == rows["date"].max()]
+    print(f"Prediction end to end, {rows['date'].iloc[0]}, {rows['device'].iloc[0]} ({rows['cpu'].iloc[0]}):\n")
+    print("| model | runtime | precision | ms per volume | mean Dice | labels equal to the float32 model's |")
+    print("|---|---|---|---|---|---|")
+    for r in rows.itertuples():
+        agree = "" if pd.isna(r.agreement) else f"{100 * r.agreement:.3f} %"
+        print(f"| {r.model} | {r.source} | {r.precision} | {r.e2e_ms_per_volume:.1f} | {r.dice_mean:.4f} | {agree} |")
+    print()
+
+
+def training() -> None:
+    keras = pd.read_csv(HERE / "side_by_side_keras.csv")
+    torch = pd.read_csv(HERE / "side_by_side_torch.csv")
+    if "date" not in torch or torch["date"].isna().all():
+        raise SystemExit("side_by_side_torch.csv: no dated rows; run benchmarks/side_by_side.sh")
+    keras = keras[keras["kind"] == "train"].drop_duplicates(["dims", "precision", "data"], keep="last")
+    torch = torch[torch["date"].notna()].drop_duplicates(["net", "precision"], keep="last")  # newest of each
+    print(f"Keras rows {keras['date'].min()} to {keras['date'].max()}, PyTorch rows {torch['date'].min()} to "
+          f"{torch['date'].max()} "
+          f"({torch['framework'].iloc[0]}), {int(torch['cores'].iloc[0])} cores\n")
+    print("| model | precision | Keras pipeline | Keras synthetic | PyTorch + MONAI synthetic | "
+          "ratio (pipeline) | ratio (synthetic) |")
+    print("|---|---|---|---|---|---|---|")
+    for dims, net in NETS.items():
+        for precision, torch_precision in TORCH_PRECISION.items():
+            k = keras[(keras["dims"] == dims) & (keras["precision"] == precision)]
+            t = torch[(torch["net"] == net) & (torch["precision"] == torch_precision)]
+            pipe, synth = k[k["data"] != "synthetic"], k[k["data"] == "synthetic"]
+            if pipe.empty or synth.empty or t.empty:
+                continue
+            p, s, r = (float(x["samples_per_s"].iloc[0]) for x in (pipe, synth, t))
+            print(f"| {dims}D | {precision} / {torch_precision} | {p:.2f} | {s:.2f} | {r:.2f} | {p / r:.2f}x | "
+                  f"{s / r:.2f}x |")
+    print("\nsamples (volumes or slices) per second, median of the repeats, after warm-up")
+    # what a student gets: the course's default precision (3D mixed_bfloat16 on a CPU with native bfloat16,
+    # 2D float32; medseg_tf.runtime.resolve_runtime) through the pipeline, against PyTorch's default, float32
+    parts = []
+    for dims, precision in ((3, "mixed_bfloat16"), (2, "float32")):
+        k = keras[(keras["dims"] == dims) & (keras["precision"] == precision) & (keras["data"] != "synthetic")]
+        t = torch[(torch["net"] == NETS[dims]) & (torch["precision"] == "float32")]
+        if not k.empty and not t.empty:
+            rate, ref = float(k["samples_per_s"].iloc[0]), float(t["samples_per_s"].iloc[0])
+            parts.append(f"{dims}D {rate / ref:.2f}x ({precision} {rate:.2f} vs {ref:.2f})")
+    if parts:
+        print("course defaults through the pipeline against PyTorch + MONAI in float32: " + ", ".join(parts))
+
+
+def main() -> int:
+    prediction()
+    training()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
