@@ -4,7 +4,9 @@
 
 1. Prediction end to end (``bench --model ...``, as ``predict`` does it) of the reference models on their 40
    held-out cases: the newest such rows of ``bench.csv`` (``benchmarks/idle_machine.sh``, step 4).
-2. Training speed, Keras (this project) against PyTorch + MONAI: the newest row of each configuration (``side_by_side_keras.csv``: ``python -m medseg_tf bench`` rows, real input
+2. Every export format of the reference models on their held-out cases (``export_formats.py``, newest run,
+   ``exports.csv``; ``benchmarks/idle_machine.sh``, step 5).
+3. Training speed, Keras (this project) against PyTorch + MONAI: the newest row of each configuration (``side_by_side_keras.csv``: ``python -m medseg_tf bench`` rows, real input
 pipeline and synthetic batch; ``side_by_side_torch.csv``: ``side_by_side_torch.py``, synthetic batch) as
 ``benchmarks/side_by_side.sh`` writes them, one after the other on the same machine.
 """
@@ -30,6 +32,27 @@ def prediction() -> None:
     for r in rows.itertuples():
         agree = "" if pd.isna(r.agreement) else f"{100 * r.agreement:.3f} %"
         print(f"| {r.model} | {r.source} | {r.precision} | {r.e2e_ms_per_volume:.1f} | {r.dice_mean:.4f} | {agree} |")
+    print()
+
+
+def exports() -> None:
+    path = HERE / "exports.csv"
+    if not path.is_file():
+        print("exports.csv: not measured yet; run benchmarks/export_formats.py --out benchmarks/exports.csv\n")
+        return
+    rows = pd.read_csv(path)
+    rows = rows[rows["date"] == rows["date"].max()]
+    dice = [c for c in rows.columns if c.startswith("dice_")]
+    print(f"Export formats, {rows['date'].iloc[0]}, {rows['device'].iloc[0]} ({rows['cpu'].iloc[0]}), "
+          f"{int(rows['cases'].iloc[0])} held-out cases per model:\n")
+    names = {"dice_1": "Dice Anterior (1)", "dice_2": "Dice Posterior (2)"}  # MSD Task04's labels
+    print("| reference model | format | size (MB) | ms per volume | " + " | ".join(names.get(c, c) for c in dice)
+          + " | labels equal to Keras |")
+    print("|---|---|---|---|" + "---|" * len(dice) + "---|")
+    for r in rows.to_dict("records"):
+        agree = "" if r["model"] == "keras" else f"{100 * r['agreement']:.3f} %"
+        print(f"| {r['reference_model']} | {r['model']} | {r['size_mb']:.1f} | {r['ms_per_volume']:.1f} | "
+              + " | ".join(f"{r[c]:.4f}" for c in dice) + f" | {agree} |")
     print()
 
 
@@ -72,6 +95,7 @@ def training() -> None:
 
 def main() -> int:
     prediction()
+    exports()
     training()
     return 0
 
