@@ -382,23 +382,29 @@ def random_augment(
     # 4-6. intensity transforms (image only)
     if contrast_range is not None and contrast_range != (1.0, 1.0) and p > 0:
         factor = _uniform(seed, _CONTRAST, *contrast_range)
-        low, high = tf.reduce_min(image), tf.reduce_max(image)
-        mean = tf.reduce_mean(image)
-        contrasted = tf.clip_by_value((image - mean) * factor + mean, low, high)
-        image = tf.where(_happens(seed, _CONTRAST_DO, p), contrasted, image)
+
+        def contrasted(x=image):
+            low, high = tf.reduce_min(x), tf.reduce_max(x)
+            mean = tf.reduce_mean(x)
+            return tf.clip_by_value((x - mean) * factor + mean, low, high)
+        image = tf.cond(_happens(seed, _CONTRAST_DO, p), contrasted, lambda x=image: x)
 
     if gamma_range is not None and gamma_range != (1.0, 1.0) and p > 0:
         log_gamma = _uniform(seed, _GAMMA, math.log(gamma_range[0]), math.log(gamma_range[1]))
-        low, high = tf.reduce_min(image), tf.reduce_max(image)
-        extent = high - low
-        unit = (image - low) / tf.maximum(extent, 1e-7)
-        gammaed = tf.pow(tf.clip_by_value(unit, 0.0, 1.0), tf.exp(log_gamma)) * extent + low
-        image = tf.where(_happens(seed, _GAMMA_DO, p), gammaed, image)
+
+        def gammaed(x=image):
+            low, high = tf.reduce_min(x), tf.reduce_max(x)
+            extent = high - low
+            unit = (x - low) / tf.maximum(extent, 1e-7)
+            return tf.pow(tf.clip_by_value(unit, 0.0, 1.0), tf.exp(log_gamma)) * extent + low
+        image = tf.cond(_happens(seed, _GAMMA_DO, p), gammaed, lambda x=image: x)
 
     if noise_std > 0 and p > 0:
         std = _uniform(seed, _NOISE_STD, 0.0, noise_std)
-        noise = tf.random.stateless_normal(tf.shape(image), _sub_seed(seed, _NOISE), stddev=std)
-        image = tf.where(_happens(seed, _NOISE_DO, p), image + noise, image)
+
+        def noisy(x=image):
+            return x + tf.random.stateless_normal(tf.shape(x), _sub_seed(seed, _NOISE), stddev=std)
+        image = tf.cond(_happens(seed, _NOISE_DO, p), noisy, lambda x=image: x)
 
     if blur_sigma is not None and p > 0:
         sigma = _uniform(seed, _BLUR, *blur_sigma)
@@ -406,7 +412,7 @@ def random_augment(
 
     if brightness_range is not None and brightness_range != (1.0, 1.0) and p > 0:
         factor = _uniform(seed, _BRIGHT, *brightness_range)
-        image = tf.where(_happens(seed, _BRIGHT_DO, p), image * factor, image)
+        image = tf.cond(_happens(seed, _BRIGHT_DO, p), lambda x=image: x * factor, lambda x=image: x)
 
     if low_res_range is not None and low_res_range != (1.0, 1.0) and p > 0:
         zoom = _uniform(seed, _LOWRES, *low_res_range)

@@ -108,6 +108,34 @@ def test_cache_flag_does_not_change_batches():
                  _take(patch_dataset(images, labels, cache=False, **kw3), 3))
 
 
+@pytest.mark.parametrize("chunk", [1, 7])
+def test_generator_chunk_size_does_not_change_the_stream(monkeypatch, chunk):
+    """Samples reach TensorFlow a chunk at a time; any chunk size gives the same batches."""
+    import medseg_tf.pipeline as pipeline
+
+    images, labels = _volumes()
+    kw = dict(patch_size=(24, 24), batch_size=4, seed=5, context_slices=1)
+    kw3 = dict(patch_size=(16, 16, 8), batch_size=2, seed=5)
+    default = (_take(slice_dataset(images, labels, **kw), 6),
+               _take(patch_dataset(images, labels, **kw3), 4),
+               _take(slice_dataset(images, labels, training=False, **kw), 100))
+    monkeypatch.setattr(pipeline, "GENERATOR_CHUNK", chunk)
+    assert pipeline._chunk_size((24, 24), 3) == chunk
+    changed = (_take(slice_dataset(images, labels, **kw), 6),
+               _take(patch_dataset(images, labels, **kw3), 4),
+               _take(slice_dataset(images, labels, training=False, **kw), 100))
+    for a, b in zip(default, changed):
+        assert len(a) == len(b) and _same(a, b)
+
+
+def test_chunk_size_stays_below_the_byte_cap():
+    import medseg_tf.pipeline as pipeline
+
+    assert pipeline._chunk_size((48, 64), 5) == pipeline.GENERATOR_CHUNK  # 61 kB a slice
+    assert pipeline._chunk_size((48, 64, 48), 1) == pipeline.GENERATOR_CHUNK_BYTES // (4 * 48 * 64 * 48)
+    assert pipeline._chunk_size((512, 512, 512), 1) == 1
+
+
 def test_image_and_label_stay_aligned_through_augmentation():
     images, labels = _volumes(image_from_label=True)
     ds = slice_dataset(images, labels, patch_size=(24, 24), batch_size=8, seed=5,
