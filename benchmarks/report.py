@@ -45,7 +45,12 @@ def exports() -> None:
     dice = [c for c in rows.columns if c.startswith("dice_")]
     print(f"Export formats, {rows['date'].iloc[0]}, {rows['device'].iloc[0]} ({rows['cpu'].iloc[0]}), "
           f"{int(rows['cases'].iloc[0])} held-out cases per model:\n")
-    names = {"dice_1": "Dice Anterior (1)", "dice_2": "Dice Posterior (2)"}  # MSD Task04's labels
+    names = {}
+    for model in rows["reference_model"].unique():  # class names from the model's own scored cases
+        path = HERE.parent / "models" / str(model) / "metrics_val.csv"
+        if path.is_file():
+            for label, name in pd.read_csv(path)[["label", "class"]].drop_duplicates().itertuples(index=False):
+                names.setdefault(f"dice_{label}", f"Dice {name} ({label})")
     print("| reference model | format | size (MB) | ms per volume | " + " | ".join(names.get(c, c) for c in dice)
           + " | labels equal to Keras |")
     print("|---|---|---|---|" + "---|" * len(dice) + "---|")
