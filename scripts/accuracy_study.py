@@ -277,6 +277,16 @@ def report() -> int:
               + ", ".join(f"{k} {v:.1f}" for k, v in spent.items()) + "):\n")
         print(_md(pd.concat(parts, axis=1).fillna("")) + "\n")
 
+    if (OUT / "cv_2d_metrics.csv").exists():
+        from medseg_tf.crossval import summarize_folds
+
+        cv = summarize_folds(read("cv_2d_metrics"))
+        minutes = read("cv_2d_runs")["minutes"]
+        print("5-fold cross-validation of the shipped 2D recipe over the 200 shared cases (last epoch; mean Dice "
+              "over cases, and over the folds' means; training minutes per fold: "
+              + ", ".join(f"{m:.1f}" for m in minutes) + "):\n")
+        print(_md(cv[["mean", "fold_mean", "fold_std", "fold_min", "fold_max"]]) + "\n")
+
     _, finals = final_comparison(OUT)
     finals = minutes(finals)[["Anterior", "Posterior", "mean", "interval", "minutes"]]
     finals = finals.rename(columns={"interval": "vs before (95 % interval)", "minutes": "train minutes"})

@@ -20,6 +20,7 @@ What it does:
    ``scripts/accuracy_study.py`` scored on cases that chose nothing (``--estimate-note`` says how,
    ``--where half=test`` filters rows); ``--estimate-only --dest models/NAME`` rewrites only that section
    of a shipped model's card;
+   with ``--cv TABLE [--cv-runs RUNS]``, the same for a cross-validation of the recipe (``--cv-only``);
 6. writes ``MODEL_CARD.md`` from those measured numbers.
 
 The test ``tests/test_reference_models.py`` re-predicts some held-out cases
@@ -178,6 +179,53 @@ def update_estimate_only(dest: Path, table: Path, recipe: str | None, where: lis
     return 0
 
 
+def cv_section(table: Path, runs: Path | None, note: str, class_names: list[str]) -> str:
+    """The card's "Cross-validation of the recipe" section from a ``crossval.cross_validate`` table."""
+    import pandas as pd
+
+    from medseg_tf.crossval import summarize_folds
+
+    if not table.is_file():
+        sys.exit(f"{table}: no such table")
+    cv = pd.read_csv(table, dtype={"case": str})
+    missing = {"fold", "class", "dice"} - set(cv.columns)
+    if missing:
+        sys.exit(f"{table}: not a cross-validation table (no column {', '.join(sorted(missing))})")
+    summary = summarize_folds(cv)
+    folds = cv["fold"].nunique()
+    lines = [f"| {cls} | {summary.loc[cls, 'mean']:.4f} | {summary.loc[cls, 'fold_mean']:.4f} ± "
+             f"{summary.loc[cls, 'fold_std']:.4f} | {summary.loc[cls, 'fold_min']:.4f} - "
+             f"{summary.loc[cls, 'fold_max']:.4f} | {int(summary.loc[cls, 'cases'])} |"
+             for cls in class_names if cls in summary.index]
+    minutes = ""
+    if runs is not None:
+        if not runs.is_file():
+            sys.exit(f"{runs}: no such table")
+        m = pd.read_csv(runs)["minutes"]
+        minutes = (f" Training minutes per fold on this 2-core CPU: {', '.join(f'{v:.1f}' for v in m)} "
+                   f"(`{runs.as_posix()}`).")
+    return f"""## Cross-validation of the recipe
+{note}{minutes}
+Table: `{table.as_posix()}` ({folds} folds, every case scored once by the fold model that did not train on it).
+
+| class | Dice mean over cases | mean ± std over folds | fold range | cases |
+|---|---|---|---|---|
+{chr(10).join(lines)}
+"""
+
+
+def update_cv_only(dest: Path, table: Path, runs: Path | None, note: str) -> int:
+    """Rewrite only the "Cross-validation of the recipe" section of a shipped model's card."""
+    from medseg_tf.training import TrainConfig, open_dataset
+
+    config = TrainConfig.from_json(dest / "config.json")
+    section = cv_section(table, runs, note, open_dataset(config.data).class_names[1:])
+    card_path = dest / "MODEL_CARD.md"
+    card_path.write_text(replace_section(card_path.read_text(), section, before="## Without TensorFlow"))
+    print(section)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, nargs="?", help="finished run folder (with summary.json)")
@@ -194,6 +242,12 @@ def main(argv=None) -> int:
     parser.add_argument("--estimate-note", default="", help="how the --estimate cases were kept apart")
     parser.add_argument("--estimate-only", action="store_true",
                         help="only rewrite the card's 'Estimate on test cases' section of --dest from --estimate")
+    parser.add_argument("--cv", type=Path, help="cross-validation table of the recipe (crossval.cross_validate, "
+                                                "e.g. benchmarks/accuracy/cv_2d_metrics.csv)")
+    parser.add_argument("--cv-runs", type=Path, help="its runs table (minutes per fold)")
+    parser.add_argument("--cv-note", default="", help="how the folds were run, for the card")
+    parser.add_argument("--cv-only", action="store_true",
+                        help="only rewrite the card's 'Cross-validation of the recipe' section of --dest from --cv")
     parser.add_argument("--command", help="the training command for the card (default: `train --config "
                                           "configs/<dest name>.json` and this script)")
     args = parser.parse_args(argv)
@@ -203,6 +257,10 @@ def main(argv=None) -> int:
         if args.estimate is None:
             parser.error("--estimate-only needs --estimate TABLE")
         return update_estimate_only(args.dest, args.estimate, args.recipe, args.where, args.estimate_note)
+    if args.cv_only:
+        if args.cv is None:
+            parser.error("--cv-only needs --cv TABLE")
+        return update_cv_only(args.dest, args.cv, args.cv_runs, args.cv_note)
     if args.run is None:
         parser.error("the run folder is required (unless --onnx-only)")
 
@@ -252,6 +310,9 @@ def main(argv=None) -> int:
     if args.estimate is not None:
         estimate_text = "\n" + estimate_section(args.estimate, args.recipe, args.where, args.estimate_note,
                                                  dataset.class_names[1:])
+
+    if args.cv is not None:
+        estimate_text += "\n" + cv_section(args.cv, args.cv_runs, args.cv_note, dataset.class_names[1:])
 
     rows = []
     for label, tab in (("", table), (" (TTA + LCC)" if use_tta else " (LCC)", table_tta)):

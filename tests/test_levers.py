@@ -180,6 +180,23 @@ def test_card_estimate_section_filters_rows_and_refuses_bad_filters(tmp_path):
             make.estimate_section(table, "a", where, "", ["X"])
 
 
+def test_card_cv_section_summarises_folds_and_refuses_other_tables(tmp_path):
+    make = _script("make_reference_model")
+    table, runs = tmp_path / "cv.csv", tmp_path / "runs.csv"
+    pd.DataFrame({"fold": [0, 0, 1, 1], "case": ["1", "2", "3", "4"], "class": ["X"] * 4,
+                  "dice": [0.8, 0.6, 0.9, 0.9]}).to_csv(table, index=False)
+    pd.DataFrame({"fold": [0, 1], "minutes": [10.04, 11.0]}).to_csv(runs, index=False)
+    text = make.cv_section(table, runs, "how", ["X"])
+    # over cases 0.8; fold means 0.7 and 0.9 -> 0.8 +- 0.1414, range 0.7 - 0.9
+    assert "| X | 0.8000 | 0.8000 ± 0.1414 | 0.7000 - 0.9000 | 4 |" in text
+    assert "2 folds" in text and "10.0, 11.0" in text and "how" in text
+    pd.DataFrame({"case": ["1"], "class": ["X"], "dice": [0.5]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(SystemExit, match="no column fold"):
+        make.cv_section(tmp_path / "bad.csv", None, "", ["X"])
+    with pytest.raises(SystemExit, match="no such table"):
+        make.cv_section(tmp_path / "missing.csv", None, "", ["X"])
+
+
 def test_study_report_reads_the_committed_tables(capsys):
     study = _script("accuracy_study")
     assert study.report() == 0
