@@ -281,10 +281,10 @@ def report() -> int:
         from medseg_tf.crossval import summarize_folds
 
         cv = summarize_folds(read("cv_2d_metrics"))
-        minutes = read("cv_2d_runs")["minutes"]
+        fold_minutes = read("cv_2d_runs")["minutes"]
         print("5-fold cross-validation of the shipped 2D recipe over the 200 shared cases (last epoch; mean Dice "
               "over cases, and over the folds' means; training minutes per fold: "
-              + ", ".join(f"{m:.1f}" for m in minutes) + "):\n")
+              + ", ".join(f"{m:.1f}" for m in fold_minutes) + "):\n")
         print(_md(cv[["mean", "fold_mean", "fold_std", "fold_min", "fold_max"]]) + "\n")
 
     _, finals = final_comparison(OUT)
