@@ -167,12 +167,15 @@ Table: `{table.as_posix()}`{rows}.
 """
 
 
-def update_estimate_only(dest: Path, table: Path, recipe: str | None, where: list[str] | None, note: str) -> int:
-    """Rewrite only the "Estimate on test cases" section of a shipped model's card (placed before the ONNX one)."""
+def _class_names(dest: Path) -> list[str]:
+    """The foreground class names of a shipped model's data set (``config.json``)."""
     from medseg_tf.training import TrainConfig, open_dataset
 
-    config = TrainConfig.from_json(dest / "config.json")
-    section = estimate_section(table, recipe, where, note, open_dataset(config.data).class_names[1:])
+    return open_dataset(TrainConfig.from_json(dest / "config.json").data).class_names[1:]
+
+
+def update_card_section(dest: Path, section: str) -> int:
+    """Rewrite one Markdown section of a shipped model's card (a new one goes before the ONNX section)."""
     card_path = dest / "MODEL_CARD.md"
     card_path.write_text(replace_section(card_path.read_text(), section, before="## Without TensorFlow"))
     print(section)
@@ -214,18 +217,6 @@ Table: `{table.as_posix()}` ({folds} folds, every case scored once by the fold m
 """
 
 
-def update_cv_only(dest: Path, table: Path, runs: Path | None, note: str) -> int:
-    """Rewrite only the "Cross-validation of the recipe" section of a shipped model's card."""
-    from medseg_tf.training import TrainConfig, open_dataset
-
-    config = TrainConfig.from_json(dest / "config.json")
-    section = cv_section(table, runs, note, open_dataset(config.data).class_names[1:])
-    card_path = dest / "MODEL_CARD.md"
-    card_path.write_text(replace_section(card_path.read_text(), section, before="## Without TensorFlow"))
-    print(section)
-    return 0
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, nargs="?", help="finished run folder (with summary.json)")
@@ -256,11 +247,12 @@ def main(argv=None) -> int:
     if args.estimate_only:
         if args.estimate is None:
             parser.error("--estimate-only needs --estimate TABLE")
-        return update_estimate_only(args.dest, args.estimate, args.recipe, args.where, args.estimate_note)
+        return update_card_section(args.dest, estimate_section(args.estimate, args.recipe, args.where,
+                                                               args.estimate_note, _class_names(args.dest)))
     if args.cv_only:
         if args.cv is None:
             parser.error("--cv-only needs --cv TABLE")
-        return update_cv_only(args.dest, args.cv, args.cv_runs, args.cv_note)
+        return update_card_section(args.dest, cv_section(args.cv, args.cv_runs, args.cv_note, _class_names(args.dest)))
     if args.run is None:
         parser.error("the run folder is required (unless --onnx-only)")
 

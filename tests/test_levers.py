@@ -197,6 +197,18 @@ def test_card_cv_section_summarises_folds_and_refuses_other_tables(tmp_path):
         make.cv_section(tmp_path / "missing.csv", None, "", ["X"])
 
 
+def test_card_section_update_inserts_before_onnx_then_replaces(tmp_path, capsys):
+    make = _script("make_reference_model")
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text("# M\n\n## Data\nd\n\n## Without TensorFlow\nonnx\n")
+    assert make.update_card_section(tmp_path, "## Cross-validation of the recipe\nfirst\n") == 0
+    assert card.read_text() == ("# M\n\n## Data\nd\n\n## Cross-validation of the recipe\nfirst\n\n"
+                                "## Without TensorFlow\nonnx\n")
+    make.update_card_section(tmp_path, "## Cross-validation of the recipe\nsecond\n")
+    assert card.read_text().count("## Cross-validation") == 1 and "second" in card.read_text()
+    assert "first" not in card.read_text() and "second" in capsys.readouterr().out
+
+
 def test_study_report_reads_the_committed_tables(capsys):
     study = _script("accuracy_study")
     assert study.report() == 0
