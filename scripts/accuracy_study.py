@@ -332,6 +332,16 @@ def report() -> int:
               + ", ".join(f"{m:.1f}" for m in fold_minutes) + "):\n")
         print(_md(cv[["mean", "fold_mean", "fold_std", "fold_min", "fold_max"]]) + "\n")
 
+    if all((OUT / f"cv_{dims}d_metrics.csv").exists() for dims in (2, 3)):
+        from medseg_tf.crossval import paired_difference
+
+        both = pd.concat([read(f"cv_{dims}d_metrics").assign(recipe=f"{dims}d") for dims in (2, 3)])
+        d = paired_difference(both, "3d", "2d")
+        d["interval"] = [f"{r['diff']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]" for _, r in d.iterrows()]
+        print("3D minus 2D recipe, case by case over the two cross-validations (same folds, each case scored by "
+              "the fold models that did not train on it; 95 % bootstrap interval over cases):\n")
+        print(_md(d[["interval", "wins", "cases"]]) + "\n")
+
     if all((OUT / f"cv_{name}_metrics.csv").exists() for name in ("2d", "3d", "ensemble")):
         from medseg_tf.crossval import paired_difference
 
