@@ -9,6 +9,7 @@ Usage (from the repository root; one study at a time on a 2-core machine)::
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py wide_3d
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py shipped
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py ensembles_3d
+    MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py curve_3d
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py cv_2d
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py cv_3d
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py cv_ensemble
@@ -106,6 +107,13 @@ def studies() -> dict[str, dict]:
         for seed in ((0, 1) if n <= 20 else (0,)):  # a second draw of the subset where it matters most
             for aug_name, aug in (("none", False), ("nnunet", nnunet)):
                 curve[f"n{n:03d}_s{seed}_{aug_name}"] = _recipe(small, max_train_cases=n, augment=aug, seed=seed)
+    # the same curve for the 3D recipe: 10 of its 40 epochs, in bfloat16 (its "auto" precision on this CPU), one seed
+    curve_3d = {}
+    small_3d = _recipe(shipped("hippocampus_3d"), epochs=10, mixed_precision="mixed_bfloat16")
+    for n in (5, 10, 20, 40, 80, 160):
+        for aug_name, aug in (("none", False), ("nnunet", nnunet)):
+            curve_3d[f"n{n:03d}_s0_{aug_name}"] = _recipe(small_3d, max_train_cases=n, augment=aug,
+                                                          mixed_precision="mixed_bfloat16")
     # float32 vs mixed_bfloat16 (issue 15): the shipped recipes, shortened, one run each, same seed
     precision = {}
     for dims, epochs in ((3, 10), (2, 24)):
@@ -116,6 +124,7 @@ def studies() -> dict[str, dict]:
         "precision": {"recipes": precision, "score": "select"},
         "screen_2d": {"recipes": screen_2d, "score": "select"},
         "curve_2d": {"recipes": curve, "score": "select"},
+        "curve_3d": {"recipes": curve_3d, "score": "select"},
         "final_2d": {"recipes": {"candidate": _recipe(shipped("hippocampus_2d"), augment=nnunet)},
                      "score": "test"},
         "final_3d": {"recipes": {"candidate": _recipe(shipped("hippocampus_3d"), augment=nnunet)},
@@ -286,18 +295,24 @@ def report() -> int:
     print("Levers (2D, 24 epochs, 20 select cases, mean Dice per case):\n")
     print(_md(levers.rename(columns={"interval": "vs base (95 % interval)"}).fillna("")) + "\n")
 
-    if (OUT / "curve_2d_metrics.csv").exists():
-        per_seed = learning_curve(read("curve_2d_metrics"), read("curve_2d_runs"))
+    for dims in (2, 3):
+        if not (OUT / f"curve_{dims}d_metrics.csv").exists():
+            continue
+        curve_runs = read(f"curve_{dims}d_runs")
+        per_seed = learning_curve(read(f"curve_{dims}d_metrics"), curve_runs)
         table = per_seed.groupby(["train_cases", "augmentation", "class"])["dice"].mean()
         table = table.unstack(["augmentation", "class"])
         table.columns = [f"{cls} ({aug})" for aug, cls in table.columns]
-        print("Learning curve (2D, 10 epochs, 20 select cases; mean over the seeds):\n")
+        table["minutes"] = curve_runs.groupby("train_cases")["minutes"].mean().map(lambda m: f"{m:.1f}")
+        print(f"Learning curve ({dims}D, {curve_runs['epochs'].iloc[0]} epochs, 20 select cases; mean over the "
+              "seeds; minutes: mean training time of a run):\n")
         print(_md(table) + "\n")
         both = per_seed.groupby(["train_cases", "augmentation", "seed"])["dice"].mean()
-        gap = both.groupby(["train_cases", "augmentation"]).agg(lambda v: v.max() - v.min())
-        n, aug = gap.idxmax()
-        print(f"Largest difference between two seeds (mean of both classes): {gap.max():.4f} at {n} cases "
-              f"(augmentation {aug})\n")
+        if per_seed["seed"].nunique() > 1:
+            gap = both.groupby(["train_cases", "augmentation"]).agg(lambda v: v.max() - v.min())
+            n, aug = gap.idxmax()
+            print(f"Largest difference between two seeds (mean of both classes): {gap.max():.4f} at {n} cases "
+                  f"(augmentation {aug})\n")
 
     if (OUT / "wide_3d_metrics.csv").exists():
         chosen = select_comparison(OUT)[["Anterior", "Posterior", "mean", "interval"]]
