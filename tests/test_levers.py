@@ -217,5 +217,8 @@ def test_study_report_reads_the_committed_tables(capsys):
     for recipe in screen["recipe"].unique():
         assert f"| {recipe} |" in out
     assert "| before_2d |" in out and "| shipped_2d+3d |" in out
+    for dims in (2, 3):
+        if (study.OUT / f"curve_{dims}d_metrics.csv").exists():
+            assert f"Learning curve ({dims}D, 10 epochs" in out
     if all((study.OUT / f"cv_{dims}d_metrics.csv").exists() for dims in (2, 3)):
         assert "3D minus 2D recipe" in out and out.count("-fold cross-validation of the shipped") == 2
