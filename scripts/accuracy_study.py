@@ -435,4 +435,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from medseg_tf.errors import MedsegError
+
+    try:
+        sys.exit(main())
+    except MedsegError as exc:  # missing data, bad tables: one line, no traceback
+        sys.exit(f"error: {exc}")

@@ -371,4 +371,9 @@ For reference, nnU-Net reports about 0.90 (Anterior) and 0.89 (Posterior) Dice a
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from medseg_tf.errors import MedsegError
+
+    try:
+        sys.exit(main())
+    except MedsegError as exc:  # missing data, bad tables: one line, no traceback
+        sys.exit(f"error: {exc}")

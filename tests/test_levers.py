@@ -1,6 +1,8 @@
 """Issue 16's levers: nnU-Net augmentation, deep supervision, learning-curve subsets, ensembles, studies."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -222,3 +224,25 @@ def test_study_report_reads_the_committed_tables(capsys):
             assert f"Learning curve ({dims}D, 10 epochs" in out
     if all((study.OUT / f"cv_{dims}d_metrics.csv").exists() for dims in (2, 3)):
         assert "3D minus 2D recipe" in out and out.count("-fold cross-validation of the shipped") == 2
+
+
+def test_card_script_answers_missing_data_in_one_line(tmp_path):
+    """make_reference_model.py without the hippocampus data: one line naming the folder, exit 1, no traceback."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    dest = tmp_path / "model"
+    dest.mkdir()
+    shutil.copy(root / "models" / "hippocampus_2d" / "config.json", dest / "config.json")
+    missing = tmp_path / "no_data"
+    env = {**os.environ, "MEDSEG_HIPPOCAMPUS_DIR": str(missing), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, str(root / "scripts" / "make_reference_model.py"), "--dest", str(dest),
+                           "--cv-only", "--cv", str(root / "benchmarks" / "accuracy" / "cv_2d_metrics.csv")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(missing) in errors[0] and "not found" in errors[0]
+    assert not (dest / "MODEL_CARD.md").exists()
