@@ -45,14 +45,20 @@ function report() {
     links: Array.from(document.querySelectorAll('a[href$=".html"]')).map(a => a.getAttribute('href')),
   });
 }
-if (!document.querySelector('script[src*="MathJax.js"]')) {
-  report();
-} else {
-  (function wait() {
-    if (window.MathJax && MathJax.Hub && MathJax.isReady) MathJax.Hub.Queue(report);
-    else setTimeout(wait, 50);
-  })();
+function typeset() {
+  if (!document.querySelector('script[src*="MathJax.js"]')) {
+    report();
+  } else {
+    (function wait() {
+      if (window.MathJax && MathJax.Hub && MathJax.isReady) MathJax.Hub.Queue(report);
+      else setTimeout(wait, 50);
+    })();
+  }
 }
+// a long page on a busy machine can still be parsing when the driver hands it over: wait for the load event
+// (a page that never loads runs into the script timeout)
+if (document.readyState === 'complete') typeset();
+else window.addEventListener('load', typeset);
 """
 
 
