@@ -27,12 +27,14 @@ $PY -m medseg_tf bench --dims 3 --batch-size 1 2 4 8 --xla off on --repeats 3 --
 
 # 4. End to end as `predict` does it, on the 40 held-out cases of the 3D model: Keras float32, Keras bfloat16
 #    (same weights; agreement with float32 labels and Dice), and the shipped ONNX model
-HELD_OUT=$(mktemp -d)
+#    (links to them in build/, ignored by git: a relative path, so the recorded command names no machine path)
+HELD_OUT=build/held_out_3d
+rm -rf "$HELD_OUT"
 $PY - "$HELD_OUT" <<'EOF'
 import json, os, sys
 from pathlib import Path
-root, out = Path(os.environ["MEDSEG_HIPPOCAMPUS_DIR"]), Path(sys.argv[1])
-(out / "imagesTr").mkdir(); (out / "labelsTr").mkdir()
+root, out = Path(os.environ["MEDSEG_HIPPOCAMPUS_DIR"]).resolve(), Path(sys.argv[1])
+(out / "imagesTr").mkdir(parents=True); (out / "labelsTr").mkdir()
 for case in json.loads(Path("models/hippocampus_3d/split.json").read_text())["val"]:
     for sub in ("imagesTr", "labelsTr"):
         (out / sub / f"{case}.nii.gz").symlink_to(root / sub / f"{case}.nii.gz")
