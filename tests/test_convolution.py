@@ -34,6 +34,17 @@ def _tf_pads(pads):
     return [[0, 0], *[list(p) for p in pads], [0, 0]]
 
 
+def _dilated(k: np.ndarray, rates) -> np.ndarray:
+    """Kernel (*spatial, c_in, c_out) with rate - 1 zeros between its taps: at rate 1 it computes what `k` does
+    at `rates`. TensorFlow's CPU kernels refuse dilation in Conv3D and in the backward pass of Conv2D unless
+    oneDNN takes the call (which depends on the CPU), so the TensorFlow references use this instead."""
+    rates = tuple(rates)
+    spatial = k.shape[:len(rates)]
+    out = np.zeros([r * (n - 1) + 1 for n, r in zip(spatial, rates)] + list(k.shape[len(rates):]), k.dtype)
+    out[tuple(slice(None, None, r) for r in rates)] = k
+    return out
+
+
 # --------------------------------------------------------------------------
 # The worked example
 # --------------------------------------------------------------------------
@@ -106,8 +117,7 @@ def test_conv3d_matches_tf_nn_conv3d(seed, shape, c_in, c_out, ksize, strides, d
     if tf_padding == "VALID" and any(n < d * (k_ - 1) + 1
                                      for n, d, k_ in zip(xt.shape[1:4], dilation, ksize)):
         return  # the kernel does not fit ("does not fit" is checked in the 2D test)
-    expected = tf.nn.conv3d(xt, k, strides=[1, *strides, 1], padding=tf_padding,
-                            dilations=[1, *dilation, 1]).numpy() + b
+    expected = tf.nn.conv3d(xt, _dilated(k, dilation), strides=[1, *strides, 1], padding=tf_padding).numpy() + b
     got = cv.conv3d(x, k, b, strides=strides, padding=padding, dilation_rate=dilation)
     np.testing.assert_allclose(got, expected, **TOL)
 
@@ -159,7 +169,7 @@ def test_window_positions_are_where_the_gradient_is_nonzero(padding, strides, di
     pads = cv.padding_amounts(padding, shape, (3, 3), (strides,) * 2, (dilation,) * 2)
     with tf.GradientTape() as tape:
         xp = tf.pad(x, _tf_pads(pads))
-        y = tf.nn.conv2d(xp, k, strides=strides, padding="VALID", dilations=dilation)
+        y = tf.nn.conv2d(xp, _dilated(k, (dilation,) * 2), strides=strides, padding="VALID")
         target = y[0, out[0], out[1], 0]
     grad = tape.gradient(target, x).numpy()[0, :, :, 0]
     positions = cv.window_positions(out, 3, strides=strides, padding=padding,
@@ -224,10 +234,11 @@ def test_conv2d_transpose_matches_keras(seed, h, w, c_in, c_out, k, s, d, paddin
         output_padding = None  # TF rejects this shape combination
     rng = np.random.default_rng(seed)
     x, kern, b = _rand(rng, 2, h, w, c_in), _rand(rng, k, k, c_out, c_in), _rand(rng, c_out)
-    layer = keras.layers.Conv2DTranspose(c_out, k, strides=s, padding=padding,
-                                         output_padding=output_padding, dilation_rate=d)
+    # the Keras reference runs the hand-dilated kernel at rate 1 (see _dilated)
+    layer = keras.layers.Conv2DTranspose(c_out, d * (k - 1) + 1, strides=s, padding=padding,
+                                         output_padding=output_padding)
     layer.build(x.shape)
-    layer.set_weights([kern, b])
+    layer.set_weights([_dilated(kern, (d, d)), b])
     expected = keras.ops.convert_to_numpy(layer(x))
     got = cv.conv2d_transpose(x, kern, b, strides=s, padding=padding, output_padding=output_padding,
                               dilation_rate=d)
