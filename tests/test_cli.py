@@ -57,6 +57,16 @@ def test_module_entry_point_runs():
     assert result.returncode == 0 and "phantom" in result.stdout
 
 
+def test_importing_medseg_tf_turns_on_onednn_unless_the_user_chose():
+    code = "import os, medseg_tf; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    for given, expected in ((None, "1"), ("0", "0"), ("1", "1")):
+        if given is not None:
+            env["TF_ENABLE_ONEDNN_OPTS"] = given
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert result.stdout.strip() == expected, (given, result.stderr)
+
+
 def test_numpy_layers_do_not_import_tensorflow():
     code = ("import sys, medseg_tf.settings, medseg_tf.errors, medseg_tf.io, medseg_tf.datasets, "
             "medseg_tf.phantom, medseg_tf.preprocessing, medseg_tf.download, medseg_tf.metrics, "

@@ -61,3 +61,13 @@ def test_committed_outputs_show_no_machine_paths_or_tf_logs(book):
             if out.get("output_type") == "stream" and "\r" in out.get("text", ""):
                 problems.append(f"cell {index}: carriage-return redraws")
     assert not problems, f"{book.name}: " + "; ".join(problems[:5])
+
+
+@pytest.mark.parametrize("book", list_notebooks(), ids=lambda p: p.name)
+def test_notebooks_import_medseg_tf_before_tensorflow(book):
+    """TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, when imported: medseg_tf must set it first."""
+    code = "\n".join(c.source for c in nbformat.read(book, as_version=4).cells if c.cell_type == "code")
+    tf_import = re.search(r"^\s*(import (keras|tensorflow)|from (keras|tensorflow)[. ])", code, re.M)
+    ours = re.search(r"^\s*(import medseg_tf|from medseg_tf[. ])", code, re.M)
+    if tf_import is not None:
+        assert ours is not None and ours.start() < tf_import.start(), book.name
