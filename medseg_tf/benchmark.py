@@ -609,9 +609,29 @@ def accelerator() -> tuple[str, int]:
     return (names[0] if len(names) == 1 else f"{len(names)}x {names[0]}"), len(names)
 
 
+def tensorflow_onednn() -> bool | None:
+    """Whether TensorFlow runs its oneDNN CPU kernels (None: not the TensorFlow backend, or unknown).
+
+    TensorFlow decides once, when imported: on by default only on CPUs with AVX-512 VNNI / BF16 or AMX,
+    or where ``TF_ENABLE_ONEDNN_OPTS=1`` (which ``import medseg_tf`` sets unless the user did).
+    """
+    if keras.backend.backend() != "tensorflow":
+        return None
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # a private module: absent in some builds
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def machine_info() -> dict:
-    """Device, CPU, cores, Keras backend and library versions (read without importing the libraries)."""
-    device, _ = accelerator()
+    """Device, CPU, cores, Keras backend and library versions (read without importing the libraries).
+
+    On a CPU where TensorFlow runs without its oneDNN kernels the device reads ``CPU (n cores, oneDNN off)``.
+    """
+    device, n_accelerators = accelerator()
+    if n_accelerators == 0 and tensorflow_onednn() is False:
+        device = device[:-1] + ", oneDNN off)"
     return {"device": device, "cpu": cpu_name(), "cores": os.cpu_count(), "backend": keras.backend.backend(),
             "keras": keras.__version__, "tensorflow": _version("tensorflow"), "jax": _version("jax"),
             "onnxruntime": _version("onnxruntime"), "numpy": np.__version__,

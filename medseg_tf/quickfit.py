@@ -174,6 +174,7 @@ def fit_arrays(model: keras.Model, x: np.ndarray, y: np.ndarray, *, steps: int, 
     if loss is None:
         loss = losses.DiceCELoss() if np.issubdtype(np.asarray(y).dtype, np.integer) else region_loss
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
+    model.optimizer.build(model.trainable_variables)  # before the first step's trace (else it is traced twice)
     rng = np.random.default_rng([seed, 9])
     order: list[int] = []
     history = []

@@ -262,6 +262,9 @@ def build_model(config: TrainConfig, num_classes: int, class_names: Sequence[str
             loss_weights = list(weights)
         model.compile(optimizer=make_optimizer(config.optimizer, lr), loss=loss, loss_weights=loss_weights,
                       metrics=metrics, jit_compile=runtime.jit_compile)
+        # the optimizer's variables now: left to the first training step, they are created while tf.function
+        # traces it, and TensorFlow traces the step a second time (about 4 s on a 2-core CPU, every run)
+        model.optimizer.build(model.trainable_variables)
     return model
 
 

@@ -2,6 +2,10 @@
 
 import importlib.util
 import math
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -216,6 +220,21 @@ def test_cpu_name_and_machine_info(tmp_path):
     machine = benchmark.machine_info()
     assert machine["backend"] == keras.backend.backend() and machine["keras"] == keras.__version__
     assert machine["cores"] >= 1 and machine["numpy"] == np.__version__
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow" or platform.machine() not in ("x86_64", "AMD64"),
+                    reason="TF_ENABLE_ONEDNN_OPTS decides oneDNN in TensorFlow's x86 builds")
+def test_device_says_when_tensorflow_runs_without_onednn():
+    code = ("from medseg_tf import benchmark; import tensorflow; "
+            "print(benchmark.tensorflow_onednn(), '|', benchmark.machine_info()['device'])")
+    seen = {}
+    for flag in ("0", "1"):
+        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": flag, "CUDA_VISIBLE_DEVICES": ""}
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr
+        seen[flag] = result.stdout.strip().splitlines()[-1]
+    assert seen["0"].startswith("False |") and seen["0"].endswith("cores, oneDNN off)")
+    assert seen["1"].startswith("True |") and "oneDNN" not in seen["1"]
 
 
 def test_matmul_peak_and_precision_policies():

@@ -1,5 +1,6 @@
 """Command line and the notebook runner."""
 
+import os
 import subprocess
 import sys
 
