@@ -20,6 +20,9 @@ os.environ.setdefault("MEDSEG_HIPPOCAMPUS_DIR", str(SHARED_HIPPOCAMPUS))
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# before anything imports TensorFlow (kernels inherit it): TF_ENABLE_ONEDNN_OPTS=1 unless set (medseg_tf's docstring)
+import medseg_tf  # noqa: E402,F401
+
 
 def pytest_collection_modifyitems(items):
     """Notebook cells run by nbval count as slow: ``pytest -m "not slow"`` is the fast loop without them."""

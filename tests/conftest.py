@@ -6,8 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import medseg_tf  # noqa: F401  before anything imports TensorFlow: turns on its oneDNN CPU kernels (see its docstring)
-
 
 def hippocampus_dir() -> Path:
     return Path(os.environ["MEDSEG_HIPPOCAMPUS_DIR"])
