@@ -18,8 +18,9 @@ Conventions used everywhere: arrays are channels-last; 3D volumes are indexed
 ``(x, y, z)`` in the voxel order of the NIfTI file (RAS+ after
 :func:`medseg_tf.io.reorient_to_ras`); voxel spacing is in millimetres.
 
-TensorFlow turns on its oneDNN CPU kernels by default only on CPUs with AVX-512 VNNI / BF16 or
-AMX; on other x86 CPUs (most laptops) its convolutions run 2-5x slower without them. Importing
+TensorFlow turns on its oneDNN CPU kernels by default only on CPUs with neural-network instructions
+(AVX-512 VNNI / BF16, AMX and the like); on an AVX2-only CPU the course's U-Nets ran 1.3-4x slower
+without them (README, "oneDNN on every x86 CPU"). Importing
 ``medseg_tf`` sets ``TF_ENABLE_ONEDNN_OPTS=1`` unless the variable is already set, so import it
 *before* ``keras`` or ``tensorflow`` (TensorFlow reads the variable once, when it is imported).
 Set ``TF_ENABLE_ONEDNN_OPTS=0`` to keep TensorFlow's own choice.

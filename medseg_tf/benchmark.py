@@ -612,7 +612,7 @@ def accelerator() -> tuple[str, int]:
 def tensorflow_onednn() -> bool | None:
     """Whether TensorFlow runs its oneDNN CPU kernels (None: not the TensorFlow backend, or unknown).
 
-    TensorFlow decides once, when imported: on by default only on CPUs with AVX-512 VNNI / BF16 or AMX,
+    TensorFlow decides once, when imported: on by default only on CPUs with neural-network instructions (AVX-512 VNNI / BF16, AMX, ...),
     or where ``TF_ENABLE_ONEDNN_OPTS=1`` (which ``import medseg_tf`` sets unless the user did).
     """
     if keras.backend.backend() != "tensorflow":
