@@ -791,6 +791,7 @@ def measure_training_synthetic(dims: int, batch_size: int, patch_size: Sequence[
     net = build_unet(dims, model, in_channels=in_channels, num_classes=num_classes, precision=precision)
     xla = _effective_xla(xla)
     net.compile(optimizer=keras.optimizers.Adam(1e-3), loss=DiceCELoss(), jit_compile=xla)
+    net.optimizer.build(net.trainable_variables)  # as training.build_model: the first step is traced once
     timer = _StepTimer()
     xs, ys = np.concatenate([x] * total), np.concatenate([y] * total)
     net.fit(xs, ys, batch_size=int(batch_size), epochs=1, shuffle=False, verbose=0, callbacks=[timer])
