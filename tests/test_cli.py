@@ -68,6 +68,19 @@ def test_importing_medseg_tf_turns_on_onednn_unless_the_user_chose():
         assert result.stdout.strip() == expected, (given, result.stderr)
 
 
+def test_importing_medseg_tf_after_tensorflow_warns_when_onednn_is_off():
+    code = ("import warnings, tensorflow\n"
+            "from tensorflow.python.util import _pywrap_util_port as port\n"
+            "with warnings.catch_warnings(record=True) as seen:\n"
+            "    warnings.simplefilter('always')\n"
+            "    import medseg_tf\n"
+            "print(not port.IsMklEnabled(), any('oneDNN' in str(w.message) for w in seen))")
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    off, warned = result.stdout.split()[-2:]
+    assert off == warned, result.stdout + result.stderr   # warns exactly when TensorFlow left oneDNN off
+
+
 def test_numpy_layers_do_not_import_tensorflow():
     code = ("import sys, medseg_tf.settings, medseg_tf.errors, medseg_tf.io, medseg_tf.datasets, "
             "medseg_tf.phantom, medseg_tf.preprocessing, medseg_tf.download, medseg_tf.metrics, "
