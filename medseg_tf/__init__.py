@@ -32,22 +32,19 @@ import sys
 import warnings
 
 
-def _warn_if_onednn_came_too_late() -> None:
-    """Warn when TensorFlow was imported first and runs without oneDNN (imports nothing new)."""
+def _tensorflow_onednn() -> bool | None:
+    """Whether the TensorFlow already imported runs its oneDNN CPU kernels; None if it is not imported (or the
+    build lacks the private module that says). Imports nothing: TensorFlow decides once, at its import."""
     port = sys.modules.get("tensorflow.python.util._pywrap_util_port")
-    try:
-        off = port is not None and not port.IsMklEnabled()
-    except AttributeError:
-        return
-    if off:
-        warnings.warn("TensorFlow was imported before medseg_tf and runs without its oneDNN CPU kernels "
-                      "(1.3-4x slower for the course's U-Nets on such a CPU): import medseg_tf first, or set "
-                      "TF_ENABLE_ONEDNN_OPTS=1 before Python starts", RuntimeWarning, stacklevel=2)
+    is_enabled = getattr(port, "IsMklEnabled", None)
+    return None if is_enabled is None else bool(is_enabled())
 
 
 if "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
-    if "tensorflow" in sys.modules:
-        _warn_if_onednn_came_too_late()
+    if _tensorflow_onednn() is False:
+        warnings.warn("TensorFlow was imported before medseg_tf and runs without its oneDNN CPU kernels "
+                      "(1.3-4x slower for the course's U-Nets on such a CPU): import medseg_tf first, or set "
+                      "TF_ENABLE_ONEDNN_OPTS=1 before Python starts", RuntimeWarning, stacklevel=2)
 
 __version__ = "0.1.0"

@@ -65,6 +65,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+import medseg_tf
 from medseg_tf.errors import DataError
 from medseg_tf.models import with_precision  # re-exported: bench applies it
 
@@ -612,16 +613,15 @@ def accelerator() -> tuple[str, int]:
 def tensorflow_onednn() -> bool | None:
     """Whether TensorFlow runs its oneDNN CPU kernels (None: not the TensorFlow backend, or unknown).
 
-    TensorFlow decides once, when imported: on by default only on CPUs with neural-network instructions (AVX-512 VNNI / BF16, AMX, ...),
-    or where ``TF_ENABLE_ONEDNN_OPTS=1`` (which ``import medseg_tf`` sets unless the user did).
+    TensorFlow decides once, when imported: on by default only on CPUs with neural-network instructions
+    (AVX-512 VNNI / BF16, AMX, ...), or where ``TF_ENABLE_ONEDNN_OPTS=1`` (which ``import medseg_tf`` sets
+    unless the user did).
     """
     if keras.backend.backend() != "tensorflow":
         return None
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-    except ImportError:  # a private module: absent in some builds
-        return None
-    return bool(_pywrap_util_port.IsMklEnabled())
+    import tensorflow  # noqa: F401  (loaded already under this backend)
+
+    return medseg_tf._tensorflow_onednn()
 
 
 def machine_info() -> dict:
