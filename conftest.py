@@ -1,9 +1,10 @@
 """Test-wide settings (applies to tests/ and to the notebooks nbval runs).
 
 Set before any kernel starts, so notebooks executed by nbval inherit them:
-quick mode on, figures written to a temporary folder (the committed figures/
-stay as the full run made them), a non-interactive matplotlib backend, and the
-real hippocampus cases read from ../shared (unless the caller set a folder).
+quick mode on, figures and runs written to temporary folders (the committed
+figures/ stay as the full run made them; one pair of folders per pytest-xdist
+worker), a non-interactive matplotlib backend, and the real hippocampus cases
+read from ../shared (unless the caller set a folder).
 """
 
 import os
@@ -14,8 +15,18 @@ ROOT = Path(__file__).resolve().parent
 SHARED_HIPPOCAMPUS = (ROOT.parent / "shared" / "data" / "msd_hippocampus").resolve()
 
 os.environ["MEDSEG_QUICK"] = "1"
-os.environ.setdefault("MEDSEG_FIGURES_DIR", tempfile.mkdtemp(prefix="medseg_figures_"))
-os.environ.setdefault("MEDSEG_RUNS_DIR", tempfile.mkdtemp(prefix="medseg_runs_"))
+# Temporary figure and run folders, one pair per process: the suite runs on two pytest-xdist workers
+# (pyproject.toml), which inherit the controller's environment; a worker replaces the controller's
+# folders with its own, so two notebooks or tests never write the same run folder at once. Folders
+# the caller chose (the variables set before pytest started) are kept, shared.
+_OWN = "_MEDSEG_CONFTEST_TMP"  # the variables this file set, not the caller
+_own = set(filter(None, os.environ.get(_OWN, "").split(",")))
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+for _name, _prefix in (("MEDSEG_FIGURES_DIR", "medseg_figures_"), ("MEDSEG_RUNS_DIR", "medseg_runs_")):
+    if _name not in os.environ or (_worker and _name in _own):
+        os.environ[_name] = tempfile.mkdtemp(prefix=f"{_prefix}{_worker}_" if _worker else _prefix)
+        _own.add(_name)
+os.environ[_OWN] = ",".join(sorted(_own))
 os.environ.setdefault("MEDSEG_HIPPOCAMPUS_DIR", str(SHARED_HIPPOCAMPUS))
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
