@@ -197,3 +197,14 @@ def test_student_version_runs_top_to_bottom(prefix, tmp_path):
     (student,) = course.write_student_versions(tmp_path, only=[prefix])
     seconds = course.execute_notebook(student, write=False, env={"MEDSEG_QUICK": "1"})
     assert seconds > 0
+
+
+def test_each_xdist_worker_writes_runs_and_figures_to_its_own_folders():
+    """The root conftest gives each pytest-xdist worker its own temporary run and figure folders."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        pytest.skip("the suite runs in one process (-n 0): no workers to keep apart")
+    for name in ("MEDSEG_RUNS_DIR", "MEDSEG_FIGURES_DIR"):
+        folder = Path(os.environ[name])
+        assert folder.is_dir() and f"_{worker}_" in folder.name, (name, folder)
+    assert settings.runs_dir() == Path(os.environ["MEDSEG_RUNS_DIR"]).resolve()
