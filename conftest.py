@@ -11,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent
 SHARED_HIPPOCAMPUS = (ROOT.parent / "shared" / "data" / "msd_hippocampus").resolve()
 
@@ -36,9 +38,17 @@ import medseg_tf  # noqa: E402,F401
 
 
 def pytest_collection_modifyitems(items):
-    """Notebook cells run by nbval count as slow: ``pytest -m "not slow"`` is the fast loop without them."""
-    import pytest
+    """Mark nbval's notebook cells slow; on a pytest-xdist worker, put the notebooks first.
 
+    Notebook cells count as slow: ``pytest -m "not slow"`` is the fast loop without them. With
+    ``--dist loadfile`` (pyproject.toml) each file runs on one worker, so the cells of a notebook share
+    their kernel; the notebooks are the longest files, and one started last would leave the other
+    worker idle at the end, hence notebooks first (``--no-loadscope-reorder`` keeps this order). Each
+    worker has its own runs folder, so notebook 05 trains a quick model of its own when notebook 04
+    ran on the other worker (its fallback; in the course, 05 finds 04's run).
+    """
     for item in items:
         if str(getattr(item, "path", "")).endswith(".ipynb"):
             item.add_marker(pytest.mark.slow)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: not str(getattr(item, "path", "")).endswith(".ipynb"))  # stable
