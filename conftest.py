@@ -19,8 +19,9 @@ SHARED_HIPPOCAMPUS = (ROOT.parent / "shared" / "data" / "msd_hippocampus").resol
 os.environ["MEDSEG_QUICK"] = "1"
 # Temporary figure and run folders, one pair per process: the suite runs on two pytest-xdist workers
 # (pyproject.toml), which inherit the controller's environment; a worker replaces the controller's
-# folders with its own, so two notebooks or tests never write the same run folder at once. Folders
-# the caller chose (the variables set before pytest started) are kept, shared.
+# folders with its own, so two notebooks or tests never write the same run folder at once. Where the
+# caller chose a folder (the variable set before pytest started), each worker uses a subfolder of it
+# named after the worker (gw0, gw1).
 _OWN = "_MEDSEG_CONFTEST_TMP"  # the variables this file set, not the caller
 _own = set(filter(None, os.environ.get(_OWN, "").split(",")))
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "")
@@ -28,6 +29,8 @@ for _name, _prefix in (("MEDSEG_FIGURES_DIR", "medseg_figures_"), ("MEDSEG_RUNS_
     if _name not in os.environ or (_worker and _name in _own):
         os.environ[_name] = tempfile.mkdtemp(prefix=f"{_prefix}{_worker}_" if _worker else _prefix)
         _own.add(_name)
+    elif _worker:
+        os.environ[_name] = os.path.join(os.environ[_name], _worker)
 os.environ[_OWN] = ",".join(sorted(_own))
 os.environ.setdefault("MEDSEG_HIPPOCAMPUS_DIR", str(SHARED_HIPPOCAMPUS))
 os.environ.setdefault("MPLBACKEND", "Agg")
