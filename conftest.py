@@ -40,18 +40,46 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import medseg_tf  # noqa: E402,F401
 
 
+#: Notebooks that run on the worker of the notebook named first, after it: 05 evaluates the models that
+#: 04 trained (found in that worker's runs folder; elsewhere 05 would train quick ones of its own).
+NOTEBOOK_CHAINS = {"notebooks/05_evaluation.ipynb": "notebooks/04_training.ipynb"}
+
+
 def pytest_collection_modifyitems(items):
     """Mark nbval's notebook cells slow; on a pytest-xdist worker, put the notebooks first.
 
     Notebook cells count as slow: ``pytest -m "not slow"`` is the fast loop without them. With
     ``--dist loadfile`` (pyproject.toml) each file runs on one worker, so the cells of a notebook share
     their kernel; the notebooks are the longest files, and one started last would leave the other
-    worker idle at the end, hence notebooks first (``--no-loadscope-reorder`` keeps this order). Each
-    worker has its own runs folder, so notebook 05 trains a quick model of its own when notebook 04
-    ran on the other worker (its fallback; in the course, 05 finds 04's run).
+    worker idle at the end, hence notebooks first, in their numbered order (``--no-loadscope-reorder``
+    keeps this order).
     """
     for item in items:
         if str(getattr(item, "path", "")).endswith(".ipynb"):
             item.add_marker(pytest.mark.slow)
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        items.sort(key=lambda item: not str(getattr(item, "path", "")).endswith(".ipynb"))  # stable
+        def notebooks_first(item):
+            path = str(getattr(item, "path", ""))
+            return (0, path) if path.endswith(".ipynb") else (1, "")  # a stable sort: cells keep their order
+
+        items.sort(key=notebooks_first)
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: ignored when xdist is not installed
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile``, except that each notebook of :data:`NOTEBOOK_CHAINS` joins its first notebook.
+
+    (Not ``--dist loadgroup`` with ``xdist_group`` marks: under pytest 9, xdist 3.8 renames the grouped
+    items through a field pytest no longer reads, so the groups are silently ignored.)
+    """
+    from xdist.scheduler import LoadFileScheduling
+
+    if config.getvalue("dist") != "loadfile":
+        return None  # another --dist chosen on the command line: xdist's own scheduler
+
+    class CourseScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return NOTEBOOK_CHAINS.get(scope, scope)
+
+    return CourseScheduling(config, log)
