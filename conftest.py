@@ -54,15 +54,13 @@ def pytest_collection_modifyitems(items):
     worker idle at the end, hence notebooks first, in their numbered order (``--no-loadscope-reorder``
     keeps this order).
     """
+    notebook = {id(item): str(getattr(item, "path", "")) for item in items
+                if str(getattr(item, "path", "")).endswith(".ipynb")}
     for item in items:
-        if str(getattr(item, "path", "")).endswith(".ipynb"):
+        if id(item) in notebook:
             item.add_marker(pytest.mark.slow)
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        def notebooks_first(item):
-            path = str(getattr(item, "path", ""))
-            return (0, path) if path.endswith(".ipynb") else (1, "")  # a stable sort: cells keep their order
-
-        items.sort(key=notebooks_first)
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a stable sort: a notebook's cells keep their order
+        items.sort(key=lambda item: (0, notebook[id(item)]) if id(item) in notebook else (1, ""))
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: ignored when xdist is not installed
