@@ -73,8 +73,9 @@ def _cmd_course(args) -> int:
         return 0
     if args.update and args.out:
         raise SystemExit("error: --update writes the committed notebooks in place; it takes no --out")
-    return course.run_course(quick=args.quick, only=args.only, timeout=args.timeout, write=not args.no_write,
-                             out=args.out, update=args.update)
+    # MEDSEG_QUICK=1 in the environment means quick mode here too, as it does for the notebooks and tests
+    return course.run_course(quick=args.quick or settings.quick_mode(), only=args.only, timeout=args.timeout,
+                             write=not args.no_write, out=args.out, update=args.update)
 
 
 def _cmd_site(args) -> int:

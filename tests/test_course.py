@@ -208,3 +208,15 @@ def test_each_xdist_worker_writes_runs_and_figures_to_its_own_folders():
         folder = Path(os.environ[name])  # a temporary folder of its own, or its subfolder of the caller's
         assert f"_{worker}_" in folder.name or folder.name == worker, (name, folder)
     assert settings.runs_dir() == Path(os.environ["MEDSEG_RUNS_DIR"]).resolve()
+
+
+@pytest.mark.parametrize("env_value, flag, expected", [("1", False, True), ("0", False, False), ("0", True, True)])
+def test_course_command_reads_medseg_quick(monkeypatch, env_value, flag, expected):
+    # `MEDSEG_QUICK=1 python -m medseg_tf course` is quick mode, like `course --quick`
+    from medseg_tf.cli import main
+
+    seen = {}
+    monkeypatch.setattr(course, "run_course", lambda **kw: seen.update(kw) or 0)
+    monkeypatch.setenv("MEDSEG_QUICK", env_value)
+    assert main(["course", "--no-write"] + (["--quick"] if flag else [])) == 0
+    assert seen["quick"] is expected
