@@ -790,7 +790,12 @@ def measure_training_synthetic(dims: int, batch_size: int, patch_size: Sequence[
     reset = reset_peak_rss()
     net = build_unet(dims, model, in_channels=in_channels, num_classes=num_classes, precision=precision)
     xla = _effective_xla(xla)
-    net.compile(optimizer=keras.optimizers.Adam(1e-3), loss=DiceCELoss(), jit_compile=xla)
+    optimizer = keras.optimizers.Adam(1e-3)
+    if keras.backend.backend() == "tensorflow":  # the trainer's fused Adam kernel (training.build_model)
+        from medseg_tf.runtime import fuse_adam_update
+
+        fuse_adam_update(optimizer)
+    net.compile(optimizer=optimizer, loss=DiceCELoss(), jit_compile=xla)
     net.optimizer.build(net.trainable_variables)  # as training.build_model: the first step is traced once
     timer = _StepTimer()
     xs, ys = np.concatenate([x] * total), np.concatenate([y] * total)

@@ -121,6 +121,52 @@ def test_runtime_on_cpu(monkeypatch):
     assert named.precision == "mixed_float16" and named.mixed_precision
 
 
+@pytest.mark.parametrize("name, jit", [("adam", False), ("adamw", False), ("adam", True)])
+def test_fused_adam_update_equals_keras_adam(name, jit):
+    import tensorflow as tf
+    from medseg_tf.runtime import fuse_adam_update
+
+    rng = np.random.default_rng(1)
+    start = rng.normal(size=(40, 6)).astype("float32")
+    grads = [rng.normal(scale=s, size=start.shape).astype("float32") for s in (1.0, 0.1, 3.0, 1e-3, 1.0)]
+    result = {}
+    for fused in (False, True):
+        schedule = keras.optimizers.schedules.ExponentialDecay(0.01, decay_steps=2, decay_rate=0.5)
+        optimizer = T.make_optimizer(name, schedule)
+        variable = keras.Variable(start)
+        optimizer.build([variable])
+        if fused:
+            assert fuse_adam_update(optimizer) is optimizer and "update_step" in vars(optimizer)
+        step = tf.function(lambda g: optimizer.apply_gradients([(g, variable)]), jit_compile=jit)
+        for g in grads:
+            step(tf.constant(g))
+        result[fused] = variable.numpy()
+        # the instance only: its config and saved form are Keras' own Adam / AdamW
+        assert keras.saving.serialize_keras_object(optimizer)["class_name"] == type(optimizer).__name__
+    assert np.abs(result[True] - start).max() > 0.01  # it trained
+    np.testing.assert_allclose(result[True], result[False], rtol=1e-5, atol=1e-6)
+
+
+def test_fuse_adam_update_leaves_other_optimizers_alone():
+    from medseg_tf.runtime import fuse_adam_update
+
+    for optimizer in (keras.optimizers.SGD(0.1), keras.optimizers.Adam(0.1, amsgrad=True),
+                      keras.optimizers.RMSprop(0.1)):
+        assert "update_step" not in vars(fuse_adam_update(optimizer))
+
+
+def test_training_graph_updates_each_variable_with_one_fused_kernel():
+    import tensorflow as tf
+
+    config = T.TrainConfig(dims=2, patch_size=[32, 32], batch_size=2, model={"depth": 2, "base_filters": 4})
+    model = T.build_model(config, 3, ["background", "a", "b"], T.resolve_runtime(config))
+    x = tf.zeros((2, 32, 32, 1))
+    y = tf.zeros((2, 32, 32), "int32")
+    graph = tf.function(model.train_step).get_concrete_function((x, y)).graph
+    op_types = [op.type for op in graph.get_operations()]
+    assert op_types.count("ResourceApplyAdam") == len(model.trainable_variables)
+
+
 def test_precision_setting_is_checked_where_it_is_read():
     assert T.TrainConfig(mixed_precision="mixed_bfloat16").mixed_precision == "mixed_bfloat16"
     with pytest.raises(ConfigError, match="mixed_precision.*mixed_bfloat16.*got 'bf16'"):
