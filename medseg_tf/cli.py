@@ -75,7 +75,7 @@ def _cmd_course(args) -> int:
         raise SystemExit("error: --update writes the committed notebooks in place; it takes no --out")
     # MEDSEG_QUICK=1 in the environment means quick mode here too, as it does for the notebooks and tests
     return course.run_course(quick=args.quick or settings.quick_mode(), only=args.only, timeout=args.timeout,
-                             write=not args.no_write, out=args.out, update=args.update)
+                             write=not args.no_write, out=args.out, update=args.update, jobs=args.jobs)
 
 
 def _cmd_site(args) -> int:
@@ -380,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="quick mode (MEDSEG_QUICK=1): fewer epochs and cases")
     p.add_argument("--only", nargs="+", metavar="NN", help="run only notebooks whose name starts with these")
     p.add_argument("--timeout", type=POSITIVE_INT, default=1800, help="seconds one cell may take (default 1800)")
+    p.add_argument("--jobs", type=POSITIVE_INT, metavar="N",
+                   help="notebooks run side by side, each in its own kernel (default: 2 in quick mode on a "
+                        "machine with 2 or more cores; 1 in full mode, where notebooks 04, 06 and 09 time the "
+                        "machine); 05 always runs after 04")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="output folder for executed notebooks, figures, times.csv (default build/course/<dataset>)")
     p.add_argument("--update", action="store_true",

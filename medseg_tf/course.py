@@ -27,7 +27,9 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping, TextIO
 
@@ -158,16 +160,27 @@ class Progress:
         self.prefix = ""
         self.label = ""
         self.n_cells = 0
+        self.tag = ""
+        self._lock = threading.Lock()
+
+    def copy(self, prefix: str, tag: str) -> "Progress":
+        """A Progress for one of several notebooks running side by side: the same stream and settings,
+        appended lines (they cannot share one redrawn line) that start with ``tag``, writes serialised."""
+        other = Progress(self.stream, live=False, min_cell_seconds=self.min_cell_seconds,
+                         heartbeat_seconds=self.heartbeat_seconds)
+        other._lock, other.prefix, other.tag = self._lock, prefix, tag
+        return other
 
     def _width(self) -> int:
         return shutil.get_terminal_size((100, 20)).columns - 1
 
     def _emit(self, text: str, *, final: bool = False) -> None:
-        if self.live:
-            self.stream.write("\r\x1b[2K" + text[: self._width()] + ("\n" if final else ""))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+        with self._lock:
+            if self.live:
+                self.stream.write("\r\x1b[2K" + text[: self._width()] + ("\n" if final else ""))
+            else:
+                self.stream.write(text + "\n")
+            self.stream.flush()
 
     def start(self, label: str, n_cells: int) -> None:
         self.label, self.n_cells = self.prefix + label, n_cells
@@ -187,8 +200,8 @@ class Progress:
         if self.live:
             self._status()
         elif took >= self.min_cell_seconds:
-            self._emit(f"    {_clock(time.perf_counter() - self.start_time)}  cell {number}/{self.n_cells} "
-                       f"took {took:.1f} s")
+            self._emit(f"    {self._who()}{_clock(time.perf_counter() - self.start_time)}  cell {number}/"
+                       f"{self.n_cells} took {took:.1f} s")
 
     def output_line(self, line: str) -> None:
         self.last_line = line
@@ -197,7 +210,12 @@ class Progress:
             self._status()
         elif now - self.last_beat >= self.heartbeat_seconds:
             self.last_beat = now
-            self._emit(f"    {_clock(now - self.start_time)}  cell {self.cell}/{self.n_cells}: {line[:150]}")
+            self._emit(f"    {self._who()}{_clock(now - self.start_time)}  cell {self.cell}/{self.n_cells}: "
+                       f"{line[:150]}")
+
+    def _who(self) -> str:
+        """The notebook's name on its lines when notebooks run side by side (their lines interleave)."""
+        return f"{self.tag}  " if self.tag else ""
 
     def _status(self) -> None:
         text = f"{self.label}  cell {self.cell}/{self.n_cells}  {_clock(time.perf_counter() - self.start_time)}"
@@ -265,10 +283,8 @@ def execute_notebook(path: Path, *, timeout: int = 1800, write: bool = True, env
     """
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
-    old_env = dict(os.environ)
-    os.environ.update(env or {})
-    os.environ.update(resolve_env_paths(os.environ))
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    kernel_env = resolve_env_paths({**os.environ, **(env or {})})  # the kernel's; this process's stays as it is
+    kernel_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     start = time.perf_counter()
     try:
         kw = dict(timeout=timeout, kernel_name="python3", record_timing=False,
@@ -280,14 +296,11 @@ def execute_notebook(path: Path, *, timeout: int = 1800, write: bool = True, env
             client = NotebookClient(nb, **kw)
         # the kernel's own stderr (TensorFlow's C++ start-up logs) stays out of the terminal;
         # errors in cells still arrive through the notebook's outputs
-        client.execute(stderr=subprocess.DEVNULL)
+        client.execute(stderr=subprocess.DEVNULL, env=kernel_env)
     except (CellExecutionError, CellTimeoutError) as exc:
         if progress is not None:
             progress.finish(time.perf_counter() - start, ok=False)
         raise RuntimeError(f"{path.name} failed in {_failing_cell(nb, exc)}\n\n{exc}") from None
-    finally:
-        os.environ.clear()
-        os.environ.update(old_env)
     elapsed = time.perf_counter() - start
     if progress is not None:
         progress.finish(elapsed)
@@ -439,9 +452,44 @@ def _write_times(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+#: Notebooks that need another one's results, by number: 05 evaluates the models that 04 trained (found in
+#: the runs folder; without them it trains quick ones of its own). Side by side (``jobs > 1``), a notebook
+#: named here runs after the one it names, in the same slot.
+RUNS_AFTER = {"05": "04"}
+
+
+def work_units(books: list[Path]) -> list[list[Path]]:
+    """``books`` grouped into units that run one after another (see :data:`RUNS_AFTER`), in numbered order.
+
+    >>> [[p.name[:2] for p in unit] for unit in work_units([Path(f"{n}_x.ipynb") for n in ("03", "04", "05", "06")])]
+    [['03'], ['04', '05'], ['06']]
+    """
+    units: list[list[Path]] = []
+    unit_of: dict[str, list[Path]] = {}
+    for book in books:
+        number, first = book.name[:2], RUNS_AFTER.get(book.name[:2])
+        if first in unit_of:
+            unit_of[first].append(book)
+            unit_of[number] = unit_of[first]
+        else:
+            unit_of[number] = [book]
+            units.append(unit_of[number])
+    return units
+
+
+def default_jobs(quick: bool) -> int:
+    """Notebooks run side by side by default: two in quick mode (on 2+ cores), one in full mode.
+
+    A quick run mostly traces graphs and imports libraries, one core's work each, so two notebooks
+    share a 2-core machine well; full mode times the machine (notebooks 04, 06 and 09 measure training
+    and prediction speeds), so its notebooks run alone.
+    """
+    return min(2, os.cpu_count() or 1) if quick else 1
+
+
 def run_course(*, quick: bool = False, only: list[str] | None = None, timeout: int = 1800,
                write: bool = True, out: Path | None = None, update: bool = False,
-               folder: Path = NOTEBOOKS_DIR, progress: Progress | None = None) -> int:
+               folder: Path = NOTEBOOKS_DIR, progress: Progress | None = None, jobs: int | None = None) -> int:
     """Execute the course notebooks in order; return a process exit code (0 = all ran).
 
     Parameters
@@ -465,6 +513,10 @@ def run_course(*, quick: bool = False, only: list[str] | None = None, timeout: i
         Where the numbered notebooks are (default ``notebooks/``).
     progress : Progress, optional
         Where progress is shown (default: standard output).
+    jobs : int, optional
+        Notebooks run side by side, each in its own kernel (default :func:`default_jobs`); a notebook of
+        :data:`RUNS_AFTER` waits for the one it needs. Each notebook's results are the same either way
+        (each seeds itself); the speeds it measures are not, as it shares the CPU.
     """
     dataset = settings.dataset_name()
     books = list_notebooks(folder, only=only)
@@ -481,27 +533,56 @@ def run_course(*, quick: bool = False, only: list[str] | None = None, timeout: i
            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"),
            "MEDSEG_FIGURES_DIR": str(figures), "MEDSEG_TEXT_PROGRESS": "1"}
     progress = progress or Progress()
+    units = work_units(books)
+    jobs = max(1, min(default_jobs(quick) if jobs is None else int(jobs), len(units)))
     where = "in place" if update else f"to {settings.display_path(out_root / 'notebooks')}"
-    print(f"Running {len(books)} notebooks ({'quick' if quick else 'full'} mode, dataset={dataset}); "
+    side_by_side = f", {jobs} side by side" if jobs > 1 else ""
+    print(f"Running {len(books)} notebooks ({'quick' if quick else 'full'} mode, dataset={dataset}{side_by_side}); "
           f"executed notebooks {where if write else '(not saved)'}, figures to {settings.display_path(figures)}",
           flush=True)
     total = time.perf_counter()
-    rows = []
-    for i, book in enumerate(books, 1):
-        target = None if update else out_root / "notebooks" / book.name
-        progress.prefix = f"[{i}/{len(books)}] "
-        try:
-            seconds = execute_notebook(book, timeout=timeout, write=write, env=env, out_path=target,
-                                       progress=progress)
-        except RuntimeError as exc:
-            print(str(exc), file=sys.stderr)
-            return 1
-        stats = notebook_stats(nbformat.read(book, as_version=4))
-        rows.append({"notebook": book.stem, "mode": "quick" if quick else "full", "dataset": dataset, **stats,
-                     "seconds": round(seconds, 1),
-                     "teaching_minutes": teaching_minutes(stats["words"], stats["exercises"], seconds)})
-        if write:
-            _write_times(out_root / "times.csv", rows)
+    rows: dict[str, dict] = {}
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def run_unit(unit: list[Path]) -> None:
+        for book in unit:
+            if failures:  # another notebook failed: start nothing new
+                return
+            i = books.index(book) + 1
+            shown = progress
+            if jobs == 1:
+                progress.prefix = f"[{i}/{len(books)}] "
+            else:
+                shown = progress.copy(f"[{i}/{len(books)}] ", book.stem[:2])
+            target = None if update else out_root / "notebooks" / book.name
+            try:
+                seconds = execute_notebook(book, timeout=timeout, write=write, env=env, out_path=target,
+                                           progress=shown)
+            except RuntimeError as exc:
+                with lock:
+                    failures.append(str(exc))
+                return
+            stats = notebook_stats(nbformat.read(book, as_version=4))
+            with lock:
+                rows[book.name] = {"notebook": book.stem, "mode": "quick" if quick else "full",
+                                   "dataset": dataset, **stats, "seconds": round(seconds, 1),
+                                   "teaching_minutes": teaching_minutes(stats["words"], stats["exercises"],
+                                                                        seconds)}
+                if write:
+                    _write_times(out_root / "times.csv", [rows[b.name] for b in books if b.name in rows])
+
+    if jobs == 1:
+        for unit in units:
+            run_unit(unit)
+    else:  # chains first: two notebooks in one slot are the longest unit, started last they would end last
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            ordered = sorted(units, key=lambda unit: -len(unit))  # stable: numbered order otherwise
+            for future in [pool.submit(run_unit, unit) for unit in ordered]:
+                future.result()
+    if failures:
+        print(failures[0], file=sys.stderr)
+        return 1
     print(f"All {len(books)} notebooks ran in {time.perf_counter() - total:.1f} s"
           + (f"; times in {settings.display_path(out_root / 'times.csv')}" if write else ""), flush=True)
     return 0

@@ -220,3 +220,49 @@ def test_course_command_reads_medseg_quick(monkeypatch, env_value, flag, expecte
     monkeypatch.setenv("MEDSEG_QUICK", env_value)
     assert main(["course", "--no-write"] + (["--quick"] if flag else [])) == 0
     assert seen["quick"] is expected
+
+
+@pytest.mark.slow
+def test_course_runs_notebooks_side_by_side_with_05_after_04(tmp_path, monkeypatch):
+    # 04 waits for a file that 06 writes: it can only finish when the two run at the same time;
+    # 05 reads what 04 wrote, so it must run after 04 (its slot), even with a free slot beside it
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    wait_for_06 = ("import time\nfrom medseg_tf import settings\nmarker = settings.runs_dir() / '06_started'\n"
+                   "deadline = time.time() + 120\nwhile not marker.exists() and time.time() < deadline:\n"
+                   "    time.sleep(0.1)\nassert marker.exists(), 'notebook 06 did not run beside 04'\n"
+                   "(settings.runs_dir() / 'from_04.txt').write_text('trained by 04')")
+    _notebook(folder / "04_train.ipynb", new_code_cell(wait_for_06))
+    _notebook(folder / "05_evaluate.ipynb",
+              new_code_cell("from medseg_tf import settings\nprint((settings.runs_dir() / 'from_04.txt').read_text())"))
+    _notebook(folder / "06_other.ipynb", new_code_cell(
+        "from medseg_tf import settings\nsettings.runs_dir().mkdir(parents=True, exist_ok=True)\n"
+        "(settings.runs_dir() / '06_started').write_text('')"))
+    monkeypatch.setenv("MEDSEG_RUNS_DIR", str(tmp_path / "runs"))
+    env_before = dict(os.environ)
+    log = io.StringIO()
+    code = course.run_course(quick=True, folder=folder, out=tmp_path / "out", jobs=2,
+                             progress=course.Progress(log, live=False, min_cell_seconds=0, heartbeat_seconds=0))
+    assert code == 0, log.getvalue()
+    assert dict(os.environ) == env_before  # the kernels got their settings; this process's stayed as they were
+    executed = nbformat.read(tmp_path / "out" / "notebooks" / "05_evaluate.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0]["text"].strip() == "trained by 04"
+    with open(tmp_path / "out" / "times.csv") as f:
+        assert [r["notebook"] for r in csv.DictReader(f)] == ["04_train", "05_evaluate", "06_other"]
+    assert "04  0:0" in log.getvalue()  # lines of notebooks side by side say whose they are
+    assert [course.default_jobs(True), course.default_jobs(False)] == [min(2, os.cpu_count()), 1]
+
+
+@pytest.mark.slow
+def test_course_side_by_side_stops_at_a_failing_notebook(tmp_path, capsys):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    _notebook(folder / "00_fails.ipynb", new_code_cell("raise ValueError('broken on purpose')"))
+    _notebook(folder / "01_runs.ipynb", new_code_cell("print('fine')"))
+    _notebook(folder / "02_later.ipynb", new_code_cell("print('fine')"))
+    code = course.run_course(quick=True, folder=folder, out=tmp_path / "out", jobs=2,
+                             progress=course.Progress(io.StringIO(), live=False))
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "00_fails.ipynb failed in cell 0" in err and "broken on purpose" in err
+    assert not (tmp_path / "out" / "notebooks" / "00_fails.ipynb").exists()
