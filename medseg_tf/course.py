@@ -575,9 +575,10 @@ def run_course(*, quick: bool = False, only: list[str] | None = None, timeout: i
     if jobs == 1:
         for unit in units:
             run_unit(unit)
-    else:  # chains first: two notebooks in one slot are the longest unit, started last they would end last
+    else:  # longest first, roughly: chains (two notebooks in one slot), then the later notebooks, which train
+        # and evaluate more; a long one started last would leave the other slots idle at the end
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            ordered = sorted(units, key=lambda unit: -len(unit))  # stable: numbered order otherwise
+            ordered = sorted(units, key=lambda unit: (len(unit), unit[0].name), reverse=True)
             for future in [pool.submit(run_unit, unit) for unit in ordered]:
                 future.result()
     if failures:
