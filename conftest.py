@@ -40,9 +40,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import medseg_tf  # noqa: E402,F401
 
 
+def _notebook_chains() -> dict[str, str]:
+    """The course runner's :data:`medseg_tf.course.RUNS_AFTER` as test files: {later notebook: first one}."""
+    from medseg_tf.course import RUNS_AFTER, list_notebooks
+
+    by_number = {p.name[:2]: p.relative_to(ROOT).as_posix() for p in list_notebooks(ROOT / "notebooks")}
+    return {by_number[later]: by_number[first] for later, first in RUNS_AFTER.items()
+            if later in by_number and first in by_number}
+
+
 #: Notebooks that run on the worker of the notebook named first, after it: 05 evaluates the models that
 #: 04 trained (found in that worker's runs folder; elsewhere 05 would train quick ones of its own).
-NOTEBOOK_CHAINS = {"notebooks/05_evaluation.ipynb": "notebooks/04_training.ipynb"}
+NOTEBOOK_CHAINS = _notebook_chains()
 
 
 def pytest_collection_modifyitems(items):

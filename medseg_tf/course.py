@@ -537,6 +537,8 @@ def run_course(*, quick: bool = False, only: list[str] | None = None, timeout: i
     jobs = max(1, min(default_jobs(quick) if jobs is None else int(jobs), len(units)))
     where = "in place" if update else f"to {settings.display_path(out_root / 'notebooks')}"
     side_by_side = f", {jobs} side by side" if jobs > 1 else ""
+    if jobs > 1 and not quick:
+        side_by_side += ": the speeds notebooks 04, 06 and 09 measure are shared-CPU speeds"
     print(f"Running {len(books)} notebooks ({'quick' if quick else 'full'} mode, dataset={dataset}{side_by_side}); "
           f"executed notebooks {where if write else '(not saved)'}, figures to {settings.display_path(figures)}",
           flush=True)
