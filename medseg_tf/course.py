@@ -11,7 +11,9 @@ so a run on real MRI never overwrites the phantom figures).
 
 While a notebook runs, the runner shows which cell runs, the elapsed time and
 the last line the notebook printed (a training epoch, a progress bar); it
-stops at the first failing cell, showing that cell and the error.
+stops at the first failing cell, showing that cell and the error. In quick
+mode two notebooks run side by side by default (``--jobs``, :func:`default_jobs`),
+each in its own kernel, 05 after 04 (:data:`RUNS_AFTER`).
 
 ``--student OUT`` writes student versions of the notebooks: every cell tagged
 ``solution`` is removed and outputs are cleared. :func:`solution_dependencies`
