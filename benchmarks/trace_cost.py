@@ -4,7 +4,8 @@ Builds the model of a recipe (``configs/NAME.json``) the way ``training.build_mo
 own Adam update (about 25 ops per variable) and once with :func:`medseg_tf.runtime.fuse_adam_update` (one
 ``ResourceApplyAdam`` kernel per variable), alternating, and prints for each: the ops in the traced step,
 seconds to trace it, seconds of its first call (TensorFlow's graph optimisation and the kernels' set-up),
-the median of the following steps in ms. Then the weights after the steps: the fused update against
+the median of the following steps in ms; then the update alone (all the recipe's variables, random
+gradients), ms per call. Then the weights after the steps: the fused update against
 Keras', and, for scale, Keras' update against itself with one float32 ulp added to every weight after the
 first step. The two updates agree to rounding in one step (``tests/test_training.py``); over several steps
 Adam amplifies rounding differences, and the one-ulp control shows by how much::
@@ -58,6 +59,30 @@ def measure(config, fused: bool, steps: int, ulp: bool = False) -> tuple[dict, d
     return row, {v.path: v.numpy() for v in model.trainable_variables}
 
 
+def update_alone(config, repeats: int = 50) -> dict[str, float]:
+    """ms of one optimizer update of all the recipe's variables (random gradients), Keras' Adam vs the fused."""
+    from medseg_tf.models import unet
+
+    shapes = [tuple(v.shape) for v in unet((None,) * config.dims + (1,), 3, **config.model).trainable_variables]
+    rng = np.random.default_rng(0)
+    grads = [tf.constant(rng.normal(size=shape).astype("float32")) for shape in shapes]
+    result = {}
+    for fused in (False, True):
+        variables = [keras.Variable(rng.normal(size=shape).astype("float32")) for shape in shapes]
+        optimizer = keras.optimizers.Adam(1e-3)
+        optimizer.build(variables)
+        if fused:
+            fuse_adam_update(optimizer)
+        apply = tf.function(lambda gs: optimizer.apply_gradients(zip(gs, variables)))
+        apply(grads)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            apply(grads)
+        float(variables[0].numpy().ravel()[0])
+        result["fused" if fused else "keras"] = round(1000 * (time.perf_counter() - start) / repeats, 2)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="phantom_2d", help="a recipe in configs/ (default phantom_2d)")
@@ -72,6 +97,7 @@ def main() -> None:
         for fused in (False, True):
             row, weights[fused] = measure(config, fused, args.steps)
             print("  ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+    print("one update of all variables alone, ms:", update_alone(config))
     control = measure(config, False, args.steps, ulp=True)[1]
     for name, other in (("fused vs Keras' update", weights[True]),
                         ("Keras' update vs itself + 1 ulp after step 1", control)):
