@@ -1,7 +1,7 @@
 """The fixed cost of a training run: tracing and first call of the training step, Keras' Adam vs the fused one.
 
 Builds the model of a recipe (``configs/NAME.json``) the way ``training.build_model`` does, once with Keras 3's
-own Adam update (about 25 ops per variable) and once with :func:`medseg_tf.runtime.fuse_adam_update` (one
+own Adam update (about 25 ops per variable) and once with :func:`medseg_tf.schedules.fuse_adam_update` (one
 ``ResourceApplyAdam`` kernel per variable), alternating, and prints for each: the ops in the traced step,
 seconds to trace it, seconds of its first call (TensorFlow's graph optimisation and the kernels' set-up),
 the median of the following steps in ms; then the update alone (all the recipe's variables, random
@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from medseg_tf import settings, training
-from medseg_tf.runtime import fuse_adam_update
+from medseg_tf.schedules import fuse_adam_update
 
 
 def measure(config, fused: bool, steps: int, ulp: bool = False) -> tuple[dict, dict[str, np.ndarray]]:

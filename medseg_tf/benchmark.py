@@ -778,6 +778,7 @@ def measure_training_synthetic(dims: int, batch_size: int, patch_size: Sequence[
         columns of :data:`BENCH_COLUMNS` (machine columns not included).
     """
     from medseg_tf.losses import DiceCELoss
+    from medseg_tf.schedules import make_optimizer
 
     steps, warmup_steps, repeats = int(steps), int(warmup_steps), int(repeats)
     if min(steps, warmup_steps, repeats) < 1:
@@ -790,12 +791,7 @@ def measure_training_synthetic(dims: int, batch_size: int, patch_size: Sequence[
     reset = reset_peak_rss()
     net = build_unet(dims, model, in_channels=in_channels, num_classes=num_classes, precision=precision)
     xla = _effective_xla(xla)
-    optimizer = keras.optimizers.Adam(1e-3)
-    if keras.backend.backend() == "tensorflow":  # the trainer's fused Adam kernel (training.build_model)
-        from medseg_tf.runtime import fuse_adam_update
-
-        fuse_adam_update(optimizer)
-    net.compile(optimizer=optimizer, loss=DiceCELoss(), jit_compile=xla)
+    net.compile(optimizer=make_optimizer("adam", 1e-3), loss=DiceCELoss(), jit_compile=xla)  # as the trainer's
     net.optimizer.build(net.trainable_variables)  # as training.build_model: the first step is traced once
     timer = _StepTimer()
     xs, ys = np.concatenate([x] * total), np.concatenate([y] * total)

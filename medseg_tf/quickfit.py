@@ -22,6 +22,7 @@ from keras import ops
 from medseg_tf.settings import progress_bar as tqdm
 
 from medseg_tf import losses, models
+from medseg_tf.schedules import make_optimizer
 
 __all__ = ["slices_from_volumes", "region_loss", "tiny_unet", "fit_arrays"]
 
@@ -173,12 +174,7 @@ def fit_arrays(model: keras.Model, x: np.ndarray, y: np.ndarray, *, steps: int, 
         raise ValueError(f"x has {len(x)} samples, y {len(y)}")
     if loss is None:
         loss = losses.DiceCELoss() if np.issubdtype(np.asarray(y).dtype, np.integer) else region_loss
-    optimizer = keras.optimizers.Adam(learning_rate)
-    if keras.backend.backend() == "tensorflow":  # one fused kernel per variable: a faster trace
-        from medseg_tf.runtime import fuse_adam_update
-
-        fuse_adam_update(optimizer)
-    model.compile(optimizer=optimizer, loss=loss)
+    model.compile(optimizer=make_optimizer("adam", learning_rate), loss=loss)
     model.optimizer.build(model.trainable_variables)  # before the first step's trace (else it is traced twice)
     rng = np.random.default_rng([seed, 9])
     order: list[int] = []

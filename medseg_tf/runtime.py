@@ -19,7 +19,7 @@ import tensorflow as tf
 from medseg_tf.errors import ConfigError
 from medseg_tf.runspec import RunSpec
 
-__all__ = ["Runtime", "resolve_runtime", "describe_runtime", "PRECISIONS", "cpu_has_bf16", "fuse_adam_update"]
+__all__ = ["Runtime", "resolve_runtime", "describe_runtime", "PRECISIONS", "cpu_has_bf16"]
 
 #: Keras dtype policies training accepts (``RunSpec.mixed_precision`` may also be "auto" or a bool).
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -41,45 +41,6 @@ def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     except OSError:
         pass
     return False
-
-
-def _fused_adam_update_step(self, gradient, variable, learning_rate):
-    """Keras 3's Adam update of one variable as one TensorFlow kernel (``ResourceApplyAdam``).
-
-    The same arithmetic as ``keras.optimizers.Adam.update_step`` (``m += (g - m)(1 - b1)``,
-    ``v += (g^2 - v)(1 - b2)``, ``w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)``), which
-    builds about 25 small ops per variable instead.
-    """
-    dtype = variable.dtype
-    index = self._get_variable_index(variable)
-    m, v = self._momentums[index], self._velocities[index]
-    step = tf.cast(self.iterations + 1, dtype)
-    beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
-    tf.raw_ops.ResourceApplyAdam(
-        var=variable.handle, m=m.value.handle, v=v.value.handle,
-        beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step),
-        lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
-        epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
-
-
-def fuse_adam_update(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
-    """Let a Keras ``Adam`` or ``AdamW`` update each variable with one fused TensorFlow kernel; return it.
-
-    Keras 3 writes Adam's update of each variable as about 25 separate ops; a U-Net has about 60
-    variables, so the training step's graph holds 1,500 ops for the optimizer alone (a third of
-    the step). TensorFlow traces and optimizes them every time a model is built: on a 2-core CPU
-    this costs about 1.5-2 s per training run, more than a whole quick run trains. The fused
-    kernel computes the same update (equal to float32 rounding, ``tests/test_training.py``).
-
-    Only the instance changes: its config, its saved form and ``model.keras`` files still say
-    ``Adam``, and load anywhere as Keras' own. Other optimizers, ``amsgrad=True`` and other Keras
-    backends are returned unchanged. ``AdamW``'s weight decay is applied by Keras before the
-    update, as before.
-    """
-    if (type(optimizer) in (keras.optimizers.Adam, keras.optimizers.AdamW) and not optimizer.amsgrad
-            and keras.backend.backend() == "tensorflow"):
-        optimizer.update_step = _fused_adam_update_step.__get__(optimizer)
-    return optimizer
 
 
 @dataclass(frozen=True)

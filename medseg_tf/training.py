@@ -81,7 +81,7 @@ from medseg_tf.runfolder import (LOCK_FILE, RUN_DIRS, RUN_FILES, _backup_dir,  #
                                  _prepare_run_dir, _truncate_history, _write_summary, lock_run_dir, read_history,
                                  resolve_run_dir)
 from medseg_tf.runspec import LOSS_NAMES, RunSpec, name_and_kwargs, round_up
-from medseg_tf.runtime import Runtime, _dtype_policy, describe_runtime, fuse_adam_update, resolve_runtime
+from medseg_tf.runtime import Runtime, _dtype_policy, describe_runtime, resolve_runtime
 from medseg_tf.schedules import OPTIMIZERS, SCHEDULES, PolyDecay, make_optimizer, make_schedule
 from medseg_tf.sources import open_dataset
 
@@ -260,8 +260,7 @@ def build_model(config: TrainConfig, num_classes: int, class_names: Sequence[str
             loss = [get_loss(loss_name, **loss_kwargs) for _ in weights]
             metrics = [dice_metrics(class_names)] + [None] * (len(weights) - 1)
             loss_weights = list(weights)
-        optimizer = fuse_adam_update(make_optimizer(config.optimizer, lr))  # same Adam, traced 2 s faster
-        model.compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights,
+        model.compile(optimizer=make_optimizer(config.optimizer, lr), loss=loss, loss_weights=loss_weights,
                       metrics=metrics, jit_compile=runtime.jit_compile)
         # the optimizer's variables now: left to the first training step, they are created while tf.function
         # traces it, and TensorFlow traces the step a second time (about 4 s on a 2-core CPU, every run)
