@@ -381,9 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", metavar="NN", help="run only notebooks whose name starts with these")
     p.add_argument("--timeout", type=POSITIVE_INT, default=1800, help="seconds one cell may take (default 1800)")
     p.add_argument("--jobs", type=POSITIVE_INT, metavar="N",
-                   help="notebooks run side by side, each in its own kernel (default: 2 in quick mode on a "
-                        "machine with 2 or more cores; 1 in full mode, where notebooks 04, 06 and 09 time the "
-                        "machine); 05 always runs after 04")
+                   help="notebooks run side by side, each in its own kernel (default: 2 on a machine with 2 "
+                        "or more cores); in full mode notebooks 04, 06 and 09 time the machine and run alone; "
+                        "05 always runs after 04")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="output folder for executed notebooks, figures, times.csv (default build/course/<dataset>)")
     p.add_argument("--update", action="store_true",

@@ -11,9 +11,10 @@ so a run on real MRI never overwrites the phantom figures).
 
 While a notebook runs, the runner shows which cell runs, the elapsed time and
 the last line the notebook printed (a training epoch, a progress bar); it
-stops at the first failing cell, showing that cell and the error. In quick
-mode two notebooks run side by side by default (``--jobs``, :func:`default_jobs`),
-each in its own kernel, 05 after 04 (:data:`RUNS_AFTER`).
+stops at the first failing cell, showing that cell and the error. Two notebooks
+run side by side by default (``--jobs``, :func:`default_jobs`), each in its own
+kernel, 05 after 04 (:data:`RUNS_AFTER`); in full mode the notebooks that time
+the machine (:data:`TIMES_MACHINE`) run alone, after the others.
 
 ``--student OUT`` writes student versions of the notebooks: every cell tagged
 ``solution`` is removed and outputs are cleared. :func:`solution_dependencies`
@@ -479,14 +480,38 @@ def work_units(books: list[Path]) -> list[list[Path]]:
     return units
 
 
-def default_jobs(quick: bool) -> int:
-    """Notebooks run side by side by default: two in quick mode (on 2+ cores), one in full mode.
+#: Notebooks whose full-mode results include speeds they measure (training samples per second, milliseconds
+#: per volume, training minutes): in full mode each runs alone, so that it measures an otherwise idle machine,
+#: with the notebooks of its :data:`RUNS_AFTER` chain. In quick mode, whose speeds mean little, they share it.
+TIMES_MACHINE = frozenset({"04", "06", "09"})
 
-    A quick run mostly traces graphs and imports libraries, one core's work each, so two notebooks
-    share a 2-core machine well; full mode times the machine (notebooks 04, 06 and 09 measure training
-    and prediction speeds), so its notebooks run alone.
+
+def default_jobs(quick: bool) -> int:
+    """Notebooks run side by side by default: two on a machine with 2 or more cores, in either mode.
+
+    A notebook rarely keeps two cores busy (a quick run mostly imports libraries and traces graphs, one
+    core's work; a full one also waits on Python between TensorFlow's calls), so two share a 2-core
+    machine well. In full mode :func:`run_course` still runs the notebooks of :data:`TIMES_MACHINE` alone.
     """
-    return min(2, os.cpu_count() or 1) if quick else 1
+    return min(2, os.cpu_count() or 1)
+
+
+def split_units(units: list[list[Path]], quick: bool) -> tuple[list[list[Path]], list[list[Path]]]:
+    """Split work units into those that may share the machine and those that must run alone.
+
+    In quick mode every unit may share; in full mode a unit with a notebook of :data:`TIMES_MACHINE` runs
+    alone.
+
+    >>> units = work_units([Path(f"{n}_x.ipynb") for n in ("03", "04", "05", "07")])
+    >>> [[[p.name[:2] for p in u] for u in part] for part in split_units(units, quick=False)]
+    [[['03'], ['07']], [['04', '05']]]
+    >>> [len(part) for part in split_units(units, quick=True)]
+    [3, 0]
+    """
+    if quick:
+        return list(units), []
+    alone = [unit for unit in units if any(book.name[:2] in TIMES_MACHINE for book in unit)]
+    return [unit for unit in units if unit not in alone], alone
 
 
 def run_course(*, quick: bool = False, only: list[str] | None = None, timeout: int = 1800,
@@ -518,7 +543,8 @@ def run_course(*, quick: bool = False, only: list[str] | None = None, timeout: i
     jobs : int, optional
         Notebooks run side by side, each in its own kernel (default :func:`default_jobs`); a notebook of
         :data:`RUNS_AFTER` waits for the one it needs. Each notebook's results are the same either way
-        (each seeds itself); the speeds it measures are not, as it shares the CPU.
+        (each seeds itself); the speeds it measures are not, as it shares the CPU, so in full mode the
+        notebooks of :data:`TIMES_MACHINE` run alone, after the others (:func:`split_units`).
     """
     dataset = settings.dataset_name()
     books = list_notebooks(folder, only=only)
@@ -536,11 +562,15 @@ def run_course(*, quick: bool = False, only: list[str] | None = None, timeout: i
            "MEDSEG_FIGURES_DIR": str(figures), "MEDSEG_TEXT_PROGRESS": "1"}
     progress = progress or Progress()
     units = work_units(books)
-    jobs = max(1, min(default_jobs(quick) if jobs is None else int(jobs), len(units)))
+    shared, alone = split_units(units, quick)
+    jobs = max(1, min(default_jobs(quick) if jobs is None else int(jobs), len(shared) or 1))
     where = "in place" if update else f"to {settings.display_path(out_root / 'notebooks')}"
     side_by_side = f", {jobs} side by side" if jobs > 1 else ""
-    if jobs > 1 and not quick:
-        side_by_side += ": the speeds notebooks 04, 06 and 09 measure are shared-CPU speeds"
+    if jobs > 1 and alone:
+        timing = [book.name[:2] for unit in alone for book in unit if book.name[:2] in TIMES_MACHINE]
+        side_by_side += (f"; {', '.join(timing)} time the machine and run alone"
+                         + (f" ({', '.join(b.name[:2] for u in alone for b in u[1:])} with them)"
+                            if any(len(u) > 1 for u in alone) else ""))
     print(f"Running {len(books)} notebooks ({'quick' if quick else 'full'} mode, dataset={dataset}{side_by_side}); "
           f"executed notebooks {where if write else '(not saved)'}, figures to {settings.display_path(figures)}",
           flush=True)
@@ -582,9 +612,11 @@ def run_course(*, quick: bool = False, only: list[str] | None = None, timeout: i
     else:  # longest first, roughly: chains (two notebooks in one slot), then the later notebooks, which train
         # and evaluate more; a long one started last would leave the other slots idle at the end
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            ordered = sorted(units, key=lambda unit: (len(unit), unit[0].name), reverse=True)
+            ordered = sorted(shared, key=lambda unit: (len(unit), unit[0].name), reverse=True)
             for future in [pool.submit(run_unit, unit) for unit in ordered]:
                 future.result()
+        for unit in alone:  # full mode: each with the machine to itself, once the others have finished
+            run_unit(unit)
     if failures:
         print(failures[0], file=sys.stderr)
         return 1

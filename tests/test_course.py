@@ -250,7 +250,34 @@ def test_course_runs_notebooks_side_by_side_with_05_after_04(tmp_path, monkeypat
     with open(tmp_path / "out" / "times.csv") as f:
         assert [r["notebook"] for r in csv.DictReader(f)] == ["04_train", "05_evaluate", "06_other"]
     assert "04  0:0" in log.getvalue()  # lines of notebooks side by side say whose they are
-    assert [course.default_jobs(True), course.default_jobs(False)] == [min(2, os.cpu_count()), 1]
+    assert [course.default_jobs(True), course.default_jobs(False)] == [min(2, os.cpu_count())] * 2
+
+
+@pytest.mark.slow
+def test_full_mode_runs_the_notebooks_that_time_the_machine_alone(tmp_path, monkeypatch):
+    # 01 waits for a file 02 writes (so the two overlap); 04, 05 and 06 each check that nothing else runs
+    # beside them: every notebook leaves a "running" file while it runs
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    common = ("import time\nfrom medseg_tf import settings\nruns = settings.runs_dir()\n"
+              "runs.mkdir(parents=True, exist_ok=True)\nme = runs / f'running_{NAME}'\nme.write_text('')\n")
+    end = "time.sleep(0.5)\nme.unlink()\n(runs / f'done_{NAME}').write_text('')"
+    wait_for_02 = ("deadline = time.time() + 120\nwhile not (runs / 'running_02').exists() and "
+                   "not (runs / 'done_02').exists() and time.time() < deadline:\n    time.sleep(0.05)\n"
+                   "assert time.time() < deadline, '02 did not run beside 01'\n")
+    alone = ("others = sorted(p.name for p in runs.glob('running_*') if p != me)\n"
+             "assert not others, f'{NAME} shared the machine with {others}'\n"
+             "assert all((runs / f'done_{n}').exists() for n in ('01', '02', '03')), 'ran before the others'\n")
+    for name, body in (("01", wait_for_02), ("02", ""), ("03", ""), ("04", alone), ("05", alone), ("06", alone)):
+        _notebook(folder / f"{name}_nb.ipynb", new_code_cell((common + body + end).replace("{NAME}", name)))
+    monkeypatch.setenv("MEDSEG_RUNS_DIR", str(tmp_path / "runs"))
+    log = io.StringIO()
+    code = course.run_course(quick=False, folder=folder, out=tmp_path / "out", jobs=2,
+                             progress=course.Progress(log, live=False, min_cell_seconds=0, heartbeat_seconds=0))
+    assert code == 0, log.getvalue()
+    assert sorted(p.name for p in (tmp_path / "runs").glob("done_*")) == [f"done_0{i}" for i in range(1, 7)]
+    shared, alone = course.split_units(course.work_units(sorted(folder.glob("*.ipynb"))), quick=False)
+    assert [[b.name[:2] for b in u] for u in alone] == [["04", "05"], ["06"]]
 
 
 @pytest.mark.slow
