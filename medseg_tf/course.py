@@ -567,10 +567,8 @@ def run_course(*, quick: bool = False, only: list[str] | None = None, timeout: i
     where = "in place" if update else f"to {settings.display_path(out_root / 'notebooks')}"
     side_by_side = f", {jobs} side by side" if jobs > 1 else ""
     if jobs > 1 and alone:
-        timing = [book.name[:2] for unit in alone for book in unit if book.name[:2] in TIMES_MACHINE]
-        side_by_side += (f"; {', '.join(timing)} time the machine and run alone"
-                         + (f" ({', '.join(b.name[:2] for u in alone for b in u[1:])} with them)"
-                            if any(len(u) > 1 for u in alone) else ""))
+        order = " then ".join("+".join(book.name[:2] for book in unit) for unit in alone)
+        side_by_side += f"; then, alone because they time the machine: {order}"
     print(f"Running {len(books)} notebooks ({'quick' if quick else 'full'} mode, dataset={dataset}{side_by_side}); "
           f"executed notebooks {where if write else '(not saved)'}, figures to {settings.display_path(figures)}",
           flush=True)
