@@ -190,7 +190,7 @@ def _training_images(model_dir: Path, config: Mapping, data: str | os.PathLike |
     """Normalised RAS images of up to ``max_cases`` training cases of a run (``split.json``)."""
     from medseg_tf import io
     from medseg_tf.sliding import prepare_image
-    from medseg_tf.training import open_dataset
+    from medseg_tf.sources import open_dataset  # no TensorFlow: the ONNX path needs none
 
     data = data if data is not None else config.get("data")
     if data is None:
