@@ -3,11 +3,16 @@
 Set before any kernel starts, so notebooks executed by nbval inherit them:
 quick mode on, figures and runs written to temporary folders (the committed
 figures/ stay as the full run made them; one pair of folders per pytest-xdist
-worker), a non-interactive matplotlib backend, and the real hippocampus cases
-read from ../shared (unless the caller set a folder).
+worker, removed when the run ends: a run's trainings fill about half a
+gigabyte), a non-interactive matplotlib backend, and the real hippocampus cases
+read from ../shared (unless the caller set a folder). To keep the runs and
+figures of a test session, give the folders yourself (``MEDSEG_RUNS_DIR=/tmp/r
+MEDSEG_FIGURES_DIR=/tmp/f python -m pytest``): folders the caller chose are
+never removed.
 """
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -25,9 +30,12 @@ os.environ["MEDSEG_QUICK"] = "1"
 _OWN = "_MEDSEG_CONFTEST_TMP"  # the variables this file set, not the caller
 _own = set(filter(None, os.environ.get(_OWN, "").split(",")))
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+#: The temporary folders this process made (pytest_unconfigure removes them; a caller's folder is never here).
+MADE_HERE: list[str] = []
 for _name, _prefix in (("MEDSEG_FIGURES_DIR", "medseg_figures_"), ("MEDSEG_RUNS_DIR", "medseg_runs_")):
     if _name not in os.environ or (_worker and _name in _own):
         os.environ[_name] = tempfile.mkdtemp(prefix=f"{_prefix}{_worker}_" if _worker else _prefix)
+        MADE_HERE.append(os.environ[_name])
         _own.add(_name)
     elif _worker:
         os.environ[_name] = os.path.join(os.environ[_name], _worker)
@@ -52,6 +60,12 @@ def _notebook_chains() -> dict[str, str]:
 #: Notebooks that run on the worker of the notebook named first, after it: 05 evaluates the models that
 #: 04 trained (found in that worker's runs folder; elsewhere 05 would train quick ones of its own).
 NOTEBOOK_CHAINS = _notebook_chains()
+
+
+def pytest_unconfigure(config):
+    """Remove the temporary run and figure folders this process made (each xdist worker its own)."""
+    for folder in MADE_HERE:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):

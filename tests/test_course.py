@@ -210,6 +210,47 @@ def test_each_xdist_worker_writes_runs_and_figures_to_its_own_folders():
     assert settings.runs_dir() == Path(os.environ["MEDSEG_RUNS_DIR"]).resolve()
 
 
+def test_conftest_tmp_probe():
+    """Run only by the test below (in a pytest of its own): writes into the session's run folder."""
+    probe = os.environ.get("_MEDSEG_CONFTEST_PROBE")
+    if not probe:
+        pytest.skip("a probe for test_a_test_session_removes_the_temporary_folders_it_made")
+    runs = Path(os.environ["MEDSEG_RUNS_DIR"])
+    (runs / "a_run").mkdir(parents=True, exist_ok=True)
+    (runs / "a_run" / "model.keras").write_bytes(b"x")
+    Path(probe).write_text(f"{runs}\n{os.environ['MEDSEG_FIGURES_DIR']}")
+
+
+@pytest.mark.parametrize("caller_chose", [False, True])
+def test_a_test_session_removes_the_temporary_folders_it_made(tmp_path, caller_chose):
+    """The root conftest removes the run and figure folders it made when the session ends, never a caller's.
+
+    (Each pytest run used to leave about half a gigabyte of quick trainings in the system's temporary folder.)
+    """
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("MEDSEG_RUNS_DIR", "MEDSEG_FIGURES_DIR",
+                                                             "_MEDSEG_CONFTEST_TMP", "PYTEST_XDIST_WORKER",
+                                                             "PYTEST_XDIST_TESTRUNUID")}
+    env["_MEDSEG_CONFTEST_PROBE"] = str(tmp_path / "probe.txt")
+    if caller_chose:
+        env["MEDSEG_RUNS_DIR"] = str(tmp_path / "my_runs")
+        env["MEDSEG_FIGURES_DIR"] = str(tmp_path / "my_figures")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
+                           "tests/test_course.py::test_conftest_tmp_probe"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    runs, figures = (Path(p) for p in (tmp_path / "probe.txt").read_text().splitlines())
+    if caller_chose:
+        assert runs == tmp_path / "my_runs" and (runs / "a_run" / "model.keras").is_file()
+        assert figures == tmp_path / "my_figures"
+    else:
+        assert runs.name.startswith("medseg_runs_") and figures.name.startswith("medseg_figures_")
+        assert not runs.exists() and not figures.exists()
+
+
 @pytest.mark.parametrize("env_value, flag, expected", [("1", False, True), ("0", False, False), ("0", True, True)])
 def test_course_command_reads_medseg_quick(monkeypatch, env_value, flag, expected):
     # `MEDSEG_QUICK=1 python -m medseg_tf course` is quick mode, like `course --quick`
