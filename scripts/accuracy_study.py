@@ -13,6 +13,8 @@ Usage (from the repository root; one study at a time on a 2-core machine)::
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py cv_2d
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py cv_3d
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py cv_ensemble
+    MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py shift_tta
+    MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py shift_tta_test
 
 ``shipped`` trains nothing: it scores the shipped models, their 2D+3D ensemble and the largest-component
 post-processing on both halves (``benchmarks/accuracy/shipped_metrics.csv``). The same command run on the
@@ -29,6 +31,12 @@ whose 20 cases are among the 200: a slight optimism, stated with the figures. ``
 the shipped 3D recipe (``cv_3d_metrics.csv``, ``cv_3d_runs.csv``), in its shipped precision (``"auto"``).
 ``cv_ensemble`` trains nothing: both use the same folds, so fold k's 2D+3D ensemble (and either model with
 largest-component post-processing) is scored on fold k's cases, without bias (``cv_ensemble_metrics.csv``).
+
+``shift_tta`` trains nothing: test-time augmentation by translation (the only kind left to these models,
+which must not be mirrored), scored on the select half: each shipped model predicts every case placed at
+8 (3D) or 4 (2D, in the slice plane) offsets of +-4 or +-8 voxels around where it sits normally, and the
+probabilities are averaged (``shift_tta_metrics.csv``, with the seconds per case). ``shift_tta_test``
+reads the test half once for the variant chosen there (``shift_tta_test_metrics.csv``).
 
 ``report`` trains nothing either: it prints the README's tables (Markdown) from the committed tables.
 
@@ -251,6 +259,87 @@ def score_cv_ensemble(folds: int = 5) -> int:
     return 0
 
 
+def _shifted_probabilities(model, spec, image, reach: int) -> tuple:
+    """Class probabilities averaged over the image placed ``reach`` voxels either side of where it sits.
+
+    The image is padded with its minimum by ``reach`` voxels on one side of each shifted axis and by
+    ``reach`` on the other in every combination (the 3 axes in 3D, the slice plane in 2D), predicted as
+    ``predict`` does (the padded volume is centred in the model's patch, so the anatomy moves by
+    ``reach`` voxels), and cropped back. ``reach=0``: one plain prediction.
+    """
+    import itertools
+
+    import numpy as np
+
+    from medseg_tf.inference import predict_volume
+
+    axes = (0, 1, 2) if spec.dims == 3 else tuple(a for a in range(3) if a != spec.slice_axis)
+    placements = [()] if reach == 0 else list(itertools.product((0, 2 * reach), repeat=len(axes)))
+    fill = float(image.min())
+    total = None
+    for before in placements:
+        pads = [(0, 0)] * 3
+        for axis, lo in zip(axes, before):
+            pads[axis] = (lo, 2 * reach - lo)
+        x = np.pad(image, pads + [(0, 0)] * (image.ndim - 3), constant_values=fill)
+        p = predict_volume(model, x, dims=spec.dims, axis=spec.slice_axis,
+                           patch_size=spec.patch_size if spec.dims == 3 else None, overlap=spec.overlap,
+                           divisor=spec.divisor, from_logits=spec.from_logits, context_slices=spec.context_slices)
+        p = p[tuple(slice(lo, p.shape[i] - hi) for i, (lo, hi) in enumerate(pads))]
+        total = p if total is None else total + p
+    return total / len(placements), len(placements)
+
+
+def score_shift_tta(half: str = "select") -> int:
+    """Translation test-time augmentation of the shipped models (prediction only).
+
+    ``half="select"``: both models, reaches 0 (none), 4 and 8 voxels (the decision). ``half="test"``: the
+    variant chosen on select (2D, reach 4) and the plain 2D model, read once (the report).
+    """
+    import time
+
+    import numpy as np
+    import pandas as pd
+
+    from medseg_tf import io
+    from medseg_tf.crossval import compare_recipes, split_halves
+    from medseg_tf.datasets import split_cases
+    from medseg_tf.inference import load_run
+    from medseg_tf.metrics import case_metrics
+    from medseg_tf.sliding import labels_from_probs, prepare_image
+    from medseg_tf.sources import open_dataset
+
+    dataset = open_dataset("hippocampus")
+    _, val_ids = split_cases(dataset.case_ids, 0.2, 0)
+    cases = dict(zip(("select", "test"), split_halves(val_ids)))[half]
+    names = {i: n for i, n in enumerate(dataset.class_names) if i}
+    variants = {3: (0, 4, 8), 2: (0, 4, 8)} if half == "select" else {2: (0, 4)}
+    rows = []
+    for dims, reaches in variants.items():
+        model, spec = load_run(ROOT / "models" / f"hippocampus_{dims}d")
+        for case_id in cases:
+            case = dataset.case(case_id)
+            vol, reference = io.load_nifti(case.image_path), io.load_nifti(case.label_path)
+            image, _ = prepare_image(vol, spec)
+            for reach in reaches:
+                start = time.perf_counter()
+                probs, placements = _shifted_probabilities(model, spec, image, reach)
+                seconds = time.perf_counter() - start
+                labels = io.reorient_from_ras(labels_from_probs(probs), vol)
+                recipe = f"{dims}d" + (f" shift {reach} x{placements}" if reach else "")
+                for row in case_metrics(labels, np.asarray(reference.data).astype(np.int64), reference.spacing,
+                                        names, 1.0):
+                    rows.append({"recipe": recipe, "case": case_id, **row, "seconds": seconds})
+            print(f"{dims}D {case_id} scored", flush=True)
+    metrics = pd.DataFrame(rows)
+    OUT.mkdir(parents=True, exist_ok=True)
+    metrics.to_csv(OUT / ("shift_tta_metrics.csv" if half == "select" else "shift_tta_test_metrics.csv"),
+                   index=False, float_format="%.6g")
+    baselines = {r: r.split()[0] for r in metrics["recipe"].unique() if " " in r}
+    print(compare_recipes(metrics, baselines)[["Anterior", "Posterior", "mean", "interval"]].round(4).to_string())
+    return 0
+
+
 def _md(frame) -> str:
     """A small DataFrame as a Markdown table (4 decimals)."""
     frame = frame.reset_index()
@@ -391,7 +480,9 @@ def report() -> int:
 def main(argv: list[str] | None = None) -> int:
     all_studies = studies()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study", choices=sorted([*all_studies, "shipped", "ensembles_3d", "cv_2d", "cv_3d", "cv_ensemble", "report"]))
+    parser.add_argument("study", choices=sorted([*all_studies, "shipped", "ensembles_3d", "cv_2d", "cv_3d", "cv_ensemble", "shift_tta",
+                                                       "shift_tta_test",
+                                                       "report"]))
     parser.add_argument("--only", nargs="*", help="train only these recipes of the study")
     args = parser.parse_args(argv)
 
@@ -407,6 +498,10 @@ def main(argv: list[str] | None = None) -> int:
         return report()
     if args.study == "cv_ensemble":
         return score_cv_ensemble()
+    if args.study == "shift_tta":
+        return score_shift_tta("select")
+    if args.study == "shift_tta_test":
+        return score_shift_tta("test")
     if args.study in ("cv_2d", "cv_3d"):
         return cross_validate_shipped(int(args.study[3]))
 
