@@ -169,7 +169,7 @@ def calibration_samples(config: Mapping, images: Iterable[np.ndarray], *, n: int
             axis, context = spec.slice_axis, spec.context_slices
             x = preprocessing.stack_neighbour_slices(image[..., None], axis, context) if context else image[..., None]
             slices = np.moveaxis(x, axis, 0)
-            target = padded_target(slices.shape[1:3], divisor)
+            target = padded_target(slices.shape[1:3], divisor, spec.patch_size)  # the prediction canvas
             if input_shape is not None and all(s is not None for s in input_shape[1:3]):
                 target = [int(s) for s in input_shape[1:3]]
             for k in rng.permutation(slices.shape[0])[:per_image]:

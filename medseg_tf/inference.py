@@ -102,10 +102,10 @@ def _model_spatial_shape(model, n_spatial: int) -> tuple[int, ...] | None:
 
 
 def _predict_2d(model, image: np.ndarray, axis: int, batch_size: int, divisor: int,
-                from_logits: bool, pad_value: float = 0.0) -> np.ndarray:
+                from_logits: bool, pad_value: float = 0.0, minimum: Sequence[int] | None = None) -> np.ndarray:
     return predict_slices(lambda b: _predict_batches(model, b, batch_size, from_logits), image, axis,
                           batch_size=batch_size, divisor=divisor, fixed=_model_spatial_shape(model, 2),
-                          pad_value=pad_value)
+                          pad_value=pad_value, minimum=minimum)
 
 
 def _predict_3d(model, image: np.ndarray, patch_size: Sequence[int] | None, overlap: float,
@@ -143,10 +143,13 @@ def predict_volume(model, image: np.ndarray, *, dims: int, axis: int = 2,
         For ``dims=2``: the axis sliced along; slice ``k`` is
         ``np.take(image, k, axis)`` with the other two axes in their order
         (``axis=2``: (X, Y) slices).
-    patch_size : sequence of 3 int, optional
-        For ``dims=3``: sliding-window patch in voxels (each divisible by
-        ``divisor``). None: the whole padded volume in one call (or the model's
-        input shape if it is fixed).
+    patch_size : sequence of int, optional
+        The training patch in voxels. ``dims=3``: the sliding-window patch (3
+        ints, each divisible by ``divisor``); None: the whole padded volume in
+        one call (or the model's input shape if it is fixed). ``dims=2``: slices
+        are padded to at least this size (2 ints), the canvas the model was
+        trained on (a smaller slice is padded up to the patch in training);
+        None: only to a multiple of ``divisor``.
     overlap : float
         Sliding-window overlap fraction in [0, 1).
     batch_size : int
@@ -206,7 +209,7 @@ def predict_volume(model, image: np.ndarray, *, dims: int, axis: int = 2,
         def once(x):
             if context_slices:
                 x = preprocessing.stack_neighbour_slices(x, axis, context_slices)
-            return _predict_2d(model, x, axis, batch_size, int(divisor), from_logits, fill)
+            return _predict_2d(model, x, axis, batch_size, int(divisor), from_logits, fill, patch_size)
     else:
         def once(x):
             return _predict_3d(model, x, patch_size, overlap, batch_size, int(divisor), from_logits, fill)
@@ -288,8 +291,7 @@ def _probabilities_loaded(model, vol: io.Volume, config: RunSpec | Mapping, *, t
     tta_axes = _checked_tta_axes(spec) if tta else ()
     probs = predict_volume(
         model, image, dims=spec.dims, axis=spec.slice_axis,
-        patch_size=spec.patch_size if spec.dims == 3 else None, overlap=spec.overlap,
-        batch_size=batch_size, tta=tta, divisor=spec.divisor,
+        patch_size=spec.patch_size, overlap=spec.overlap, batch_size=batch_size, tta=tta, divisor=spec.divisor,
         from_logits=spec.from_logits, tta_axes=tta_axes, context_slices=spec.context_slices)
     if spec.target_spacing is not None:
         probs = preprocessing.resample_to_spacing(probs, spec.target_spacing, spacing, order=1,

@@ -129,7 +129,8 @@ def _in_chunks(predict_batch: PredictBatch, x: np.ndarray, batch_size: int) -> n
 
 
 def predict_slices(predict_batch: PredictBatch, image: np.ndarray, axis: int, *, batch_size: int = 16,
-                   divisor: int = 16, fixed: Sequence[int] | None = None, pad_value: float = 0.0) -> np.ndarray:
+                   divisor: int = 16, fixed: Sequence[int] | None = None, pad_value: float = 0.0,
+                   minimum: Sequence[int] | None = None) -> np.ndarray:
     """Probabilities of a volume from a 2D model, slice by slice along ``axis``, in chunks of ``batch_size``.
 
     Parameters
@@ -142,6 +143,11 @@ def predict_slices(predict_batch: PredictBatch, image: np.ndarray, axis: int, *,
         Axis sliced along (0, 1 or 2).
     fixed : 2 ints, optional
         The model's fixed input size; slices are padded to it (error if larger).
+    minimum : 2 ints, optional
+        Pad slices to at least this size (then to a multiple of ``divisor``): the
+        training patch, so that a slice smaller than the patch sits on the
+        canvas the model learned on (training pads such slices up to the patch,
+        centred) rather than on a smaller one.
 
     Returns
     -------
@@ -149,7 +155,7 @@ def predict_slices(predict_batch: PredictBatch, image: np.ndarray, axis: int, *,
         float32 ``(X, Y, Z, C)``.
     """
     slices = np.moveaxis(image, axis, 0)                       # (N, H, W, Cin)
-    target = padded_target(slices.shape[1:3], divisor)
+    target = padded_target(padded_target(slices.shape[1:3], 1, minimum), divisor)
     if fixed is not None:
         if any(t > f for t, f in zip(slices.shape[1:3], fixed)):
             raise ValueError(f"slices of shape {slices.shape[1:3]} are larger than the model's fixed "
@@ -212,8 +218,9 @@ def predict_image(predict_batch: PredictBatch, image: np.ndarray, config: RunSpe
     """Probabilities of a normalised RAS volume, predicted as the run spec ``config`` says.
 
     Uses the spec's ``dims``, ``slice_axis``, ``context_slices`` (2.5D: neighbouring slices stacked
-    as channels), ``patch_size`` and ``overlap`` (3D sliding window; a model with a ``fixed`` input size
-    uses that size) and its ``divisor`` (``2**depth``). The padding value is the volume's minimum.
+    as channels), ``patch_size`` (2D: slices are padded to at least the patch, the canvas of training;
+    3D: the sliding window; a model with a ``fixed`` input size uses that size), ``overlap`` and its
+    ``divisor`` (``2**depth``). The padding value is the volume's minimum.
 
     Returns
     -------
@@ -229,7 +236,7 @@ def predict_image(predict_batch: PredictBatch, image: np.ndarray, config: RunSpe
         if spec.context_slices:
             image = preprocessing.stack_neighbour_slices(image, spec.slice_axis, spec.context_slices)
         return predict_slices(predict_batch, image, spec.slice_axis, batch_size=batch_size, divisor=spec.divisor,
-                              fixed=fixed, pad_value=fill)
+                              fixed=fixed, pad_value=fill, minimum=spec.patch_size)
     return predict_windows(predict_batch, image, tuple(fixed) if fixed else spec.patch_size,
                            overlap=spec.overlap, batch_size=batch_size, divisor=spec.divisor, pad_value=fill)
 

@@ -15,6 +15,7 @@ Usage (from the repository root; one study at a time on a 2-core machine)::
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py cv_ensemble
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py shift_tta
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py shift_tta_test
+    MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py canvas_test
 
 ``shipped`` trains nothing: it scores the shipped models, their 2D+3D ensemble and the largest-component
 post-processing on both halves (``benchmarks/accuracy/shipped_metrics.csv``). The same command run on the
@@ -35,8 +36,13 @@ largest-component post-processing) is scored on fold k's cases, without bias (``
 ``shift_tta`` trains nothing: test-time augmentation by translation (the only kind left to these models,
 which must not be mirrored), scored on the select half: each shipped model predicts every case placed at
 8 (3D) or 4 (2D, in the slice plane) offsets of +-4 or +-8 voxels around where it sits normally, and the
-probabilities are averaged (``shift_tta_metrics.csv``, with the seconds per case). ``shift_tta_test``
-reads the test half once for the variant chosen there (``shift_tta_test_metrics.csv``).
+probabilities are averaged (``shift_tta_metrics.csv``, with the seconds per case); a control pads the same
+8 voxels per axis evenly (one prediction, the anatomy where it sits normally, on the larger canvas the
+shifted copies are predicted on), and for 2D the prediction as it was before ``predict`` padded slices to at
+least the training patch (``2d before``: only to a multiple of 16, a smaller canvas than training's for most
+slices). ``shift_tta_test``
+reads the test half once for the 2D shift chosen there (``shift_tta_test_metrics.csv``), ``canvas_test`` once
+for the 2D canvas (``canvas_test_metrics.csv``).
 
 ``report`` trains nothing either: it prints the README's tables (Markdown) from the committed tables.
 
@@ -259,13 +265,16 @@ def score_cv_ensemble(folds: int = 5) -> int:
     return 0
 
 
-def _shifted_probabilities(model, spec, image, reach: int) -> tuple:
+def _shifted_probabilities(model, spec, image, reach: int, centred: bool = False, canvas: bool = True) -> tuple:
     """Class probabilities averaged over the image placed ``reach`` voxels either side of where it sits.
 
     The image is padded with its minimum by ``reach`` voxels on one side of each shifted axis and by
     ``reach`` on the other in every combination (the 3 axes in 3D, the slice plane in 2D), predicted as
     ``predict`` does (the padded volume is centred in the model's patch, so the anatomy moves by
-    ``reach`` voxels), and cropped back. ``reach=0``: one plain prediction.
+    ``reach`` voxels), and cropped back. ``reach=0``: one plain prediction. ``centred=True``: one
+    prediction with ``reach`` voxels of padding on both sides (the same canvas, the anatomy not moved).
+    ``canvas=False`` (2D): slices padded only to a multiple of 16, as ``predict`` did before it padded them
+    to at least the training patch.
     """
     import itertools
 
@@ -275,6 +284,8 @@ def _shifted_probabilities(model, spec, image, reach: int) -> tuple:
 
     axes = (0, 1, 2) if spec.dims == 3 else tuple(a for a in range(3) if a != spec.slice_axis)
     placements = [()] if reach == 0 else list(itertools.product((0, 2 * reach), repeat=len(axes)))
+    if centred:
+        placements = [(reach,) * len(axes)]
     fill = float(image.min())
     total = None
     for before in placements:
@@ -283,7 +294,7 @@ def _shifted_probabilities(model, spec, image, reach: int) -> tuple:
             pads[axis] = (lo, 2 * reach - lo)
         x = np.pad(image, pads + [(0, 0)] * (image.ndim - 3), constant_values=fill)
         p = predict_volume(model, x, dims=spec.dims, axis=spec.slice_axis,
-                           patch_size=spec.patch_size if spec.dims == 3 else None, overlap=spec.overlap,
+                           patch_size=spec.patch_size if canvas or spec.dims == 3 else None, overlap=spec.overlap,
                            divisor=spec.divisor, from_logits=spec.from_logits, context_slices=spec.context_slices)
         p = p[tuple(slice(lo, p.shape[i] - hi) for i, (lo, hi) in enumerate(pads))]
         total = p if total is None else total + p
@@ -291,10 +302,13 @@ def _shifted_probabilities(model, spec, image, reach: int) -> tuple:
 
 
 def score_shift_tta(half: str = "select") -> int:
-    """Translation test-time augmentation of the shipped models (prediction only).
+    """Translation test-time augmentation and the 2D prediction canvas, shipped models (prediction only).
 
-    ``half="select"``: both models, reaches 0 (none), 4 and 8 voxels (the decision). ``half="test"``: the
-    variant chosen on select (2D, reach 4) and the plain 2D model, read once (the report).
+    ``half="select"``: both models, reaches 0 (none), 4 and 8 voxels, the larger canvas alone, and for 2D
+    the prediction before slices were padded to at least the training patch (the decisions).
+    ``"test"``: the 2D shift chosen on select against the 2D prediction as it was then. ``"canvas_test"``:
+    the 2D prediction now (slices padded to at least the patch) against before. Each test table was read
+    once for its decision (the shift first, then the canvas: the test half was read twice in all).
     """
     import time
 
@@ -311,9 +325,15 @@ def score_shift_tta(half: str = "select") -> int:
 
     dataset = open_dataset("hippocampus")
     _, val_ids = split_cases(dataset.case_ids, 0.2, 0)
-    cases = dict(zip(("select", "test"), split_halves(val_ids)))[half]
+    select, test = split_halves(val_ids)
+    cases = select if half == "select" else test
     names = {i: n for i, n in enumerate(dataset.class_names) if i}
-    variants = {3: (0, 4, 8), 2: (0, 4, 8)} if half == "select" else {2: (0, 4)}
+    # (reach, centred, canvas): the shifts, the canvas of reach 4 without moving the anatomy, and (2D) the
+    # slices padded only to a multiple of 16, as predict did before (select); test: that against predict now
+    shifts = ((0, False, True), (4, False, True), (8, False, True), (4, True, True))
+    variants = {"select": {3: shifts, 2: ((0, False, False), (4, True, False), *shifts)},
+                "test": {2: ((0, False, False), (4, False, False))},
+                "canvas_test": {2: ((0, False, False), (0, False, True))}}[half]
     rows = []
     for dims, reaches in variants.items():
         model, spec = load_run(ROOT / "models" / f"hippocampus_{dims}d")
@@ -321,21 +341,24 @@ def score_shift_tta(half: str = "select") -> int:
             case = dataset.case(case_id)
             vol, reference = io.load_nifti(case.image_path), io.load_nifti(case.label_path)
             image, _ = prepare_image(vol, spec)
-            for reach in reaches:
+            for reach, centred, canvas in reaches:
                 start = time.perf_counter()
-                probs, placements = _shifted_probabilities(model, spec, image, reach)
+                probs, placements = _shifted_probabilities(model, spec, image, reach, centred, canvas)
                 seconds = time.perf_counter() - start
                 labels = io.reorient_from_ras(labels_from_probs(probs), vol)
-                recipe = f"{dims}d" + (f" shift {reach} x{placements}" if reach else "")
+                recipe = (f"{dims}d" + ("" if canvas else " before") + (f" canvas +{2 * reach}" if centred else
+                                       f" shift {reach} x{placements}" if reach else ""))
                 for row in case_metrics(labels, np.asarray(reference.data).astype(np.int64), reference.spacing,
                                         names, 1.0):
                     rows.append({"recipe": recipe, "case": case_id, **row, "seconds": seconds})
             print(f"{dims}D {case_id} scored", flush=True)
     metrics = pd.DataFrame(rows)
     OUT.mkdir(parents=True, exist_ok=True)
-    metrics.to_csv(OUT / ("shift_tta_metrics.csv" if half == "select" else "shift_tta_test_metrics.csv"),
-                   index=False, float_format="%.6g")
-    baselines = {r: r.split()[0] for r in metrics["recipe"].unique() if " " in r}
+    name = {"select": "shift_tta", "test": "shift_tta_test", "canvas_test": "canvas_test"}[half]
+    metrics.to_csv(OUT / f"{name}_metrics.csv", index=False, float_format="%.6g")
+    first = {dims: metrics["recipe"][metrics["recipe"].str.startswith(f"{dims}d")].iloc[0] for dims in (2, 3)
+             if metrics["recipe"].str.startswith(f"{dims}d").any()}
+    baselines = {r: first[int(r[0])] for r in metrics["recipe"].unique() if r != first[int(r[0])]}
     print(compare_recipes(metrics, baselines)[["Anterior", "Posterior", "mean", "interval"]].round(4).to_string())
     return 0
 
@@ -481,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     all_studies = studies()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", choices=sorted([*all_studies, "shipped", "ensembles_3d", "cv_2d", "cv_3d", "cv_ensemble", "shift_tta",
-                                                       "shift_tta_test",
+                                                       "shift_tta_test", "canvas_test",
                                                        "report"]))
     parser.add_argument("--only", nargs="*", help="train only these recipes of the study")
     args = parser.parse_args(argv)
@@ -502,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
         return score_shift_tta("select")
     if args.study == "shift_tta_test":
         return score_shift_tta("test")
+    if args.study == "canvas_test":
+        return score_shift_tta("canvas_test")
     if args.study in ("cv_2d", "cv_3d"):
         return cross_validate_shipped(int(args.study[3]))
 

@@ -20,6 +20,8 @@ What it does:
    ``scripts/accuracy_study.py`` scored on cases that chose nothing (``--estimate-note`` says how,
    ``--where half=test`` filters rows); ``--estimate-only --dest models/NAME`` rewrites only that section
    of a shipped model's card;
+   ``--rescore --dest models/NAME`` re-predicts the held-out cases of a shipped model as ``predict`` does
+   now and rewrites only its ``metrics_val*.csv`` and its card's "Held-out results" section;
    with ``--cv TABLE [--cv-runs RUNS]``, the same for a cross-validation of the recipe (``--cv-only``);
 6. writes ``MODEL_CARD.md`` from those measured numbers.
 
@@ -217,12 +219,69 @@ Table: `{table.as_posix()}` ({folds} folds, every case scored once by the fold m
 """
 
 
+def heldout_section(dest: Path, dataset, val_ids: list[str], config) -> str:
+    """Predict the held-out cases with ``dest``'s model as ``predict`` does now, write ``metrics_val.csv`` and
+    ``metrics_val_tta_lcc.csv`` into ``dest`` and return the card's "Held-out results" section."""
+    from medseg_tf.inference import predict_folder, tta_axes_from_config
+    from medseg_tf.metrics import evaluate_folder, summarize
+
+    with tempfile.TemporaryDirectory() as tmp:
+        images = Path(tmp) / "images"
+        images.mkdir()
+        for case_id in val_ids:
+            os.symlink(dataset.case(case_id).image_path, images / f"{case_id}.nii.gz")
+        start = time.perf_counter()
+        timing = predict_folder(dest, images, Path(tmp) / "pred", progress=False)
+        seconds = time.perf_counter() - start
+        table = evaluate_folder(Path(tmp) / "pred", dataset.root / "labelsTr", progress=False)
+        use_tta = bool(tta_axes_from_config(config.to_dict()))  # only flips the model was trained with
+        predict_folder(dest, images, Path(tmp) / "pred_tta_lcc", tta=use_tta, lcc=True, progress=False)
+        table_tta = evaluate_folder(Path(tmp) / "pred_tta_lcc", dataset.root / "labelsTr", progress=False)
+    table.to_csv(dest / "metrics_val.csv", index=False)
+    table_tta.to_csv(dest / "metrics_val_tta_lcc.csv", index=False)
+
+    rows = []
+    for label, tab in (("", table), (" (TTA + LCC)" if use_tta else " (LCC)", table_tta)):
+        summ = summarize(tab)
+        for cls in dataset.class_names[1:]:
+            get = lambda metric, stat: summ.loc[(cls, metric), stat]  # noqa: E731
+            rows.append(f"| {cls}{label} | {get('dice', 'mean'):.4f} ± {get('dice', 'std'):.4f} | "
+                        f"{get('dice', 'median'):.4f} | {get('hd95', 'mean'):.2f} ± {get('hd95', 'std'):.2f} | "
+                        f"{get('assd', 'mean'):.3f} | {get('nsd', 'mean'):.4f} |")
+    return f"""## Held-out results (whole volumes, original space)
+Measured by this script (`predict_folder` then `evaluate_folder`; per-case tables in `metrics_val.csv`, and
+`metrics_val_tta_lcc.csv` with largest-connected-component post-processing (`predict --lcc`), plus flip
+test-time augmentation (`--tta`) when the model was trained with flips),
+{len(val_ids)} cases, prediction {seconds / max(1, len(timing)):.2f} s per volume including I/O.
+Empty masks: see `medseg_tf.metrics` (no case here has an empty reference).
+
+| class | Dice mean ± std | Dice median | HD95 (mm) mean ± std | ASSD (mm) | surface Dice @1 mm |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+For reference, nnU-Net reports about 0.90 (Anterior) and 0.89 (Posterior) Dice after a full GPU training
+(5-fold cross-validation on all 260 cases; not the same split).
+"""
+
+
+def rescore(dest: Path) -> int:
+    """Re-predict a shipped model's held-out cases with the current ``predict`` and rewrite that section."""
+    from medseg_tf.training import TrainConfig, open_dataset
+
+    config = TrainConfig.from_json(dest / "config.json")
+    val_ids = json.loads((dest / "split.json").read_text())["val"]
+    return update_card_section(dest, heldout_section(dest, open_dataset(config.data), val_ids, config))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, nargs="?", help="finished run folder (with summary.json)")
     parser.add_argument("--dest", type=Path, required=True, help="models/<name> folder to write")
     parser.add_argument("--onnx-only", action="store_true",
                         help="only re-export model.onnx of --dest and rewrite its card's ONNX section")
+    parser.add_argument("--rescore", action="store_true",
+                        help="only re-predict the held-out cases of --dest as predict does now: rewrite its "
+                             "metrics_val*.csv and its card's 'Held-out results' section")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     parser.add_argument("--note", default="", help="a sentence about the training conditions for the card")
     parser.add_argument("--estimate", type=Path, help="per-case metrics CSV (scripts/accuracy_study.py) of cases "
@@ -244,6 +303,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.onnx_only:
         return update_onnx_only(args.dest)
+    if args.rescore:
+        return rescore(args.dest)
     if args.estimate_only:
         if args.estimate is None:
             parser.error("--estimate-only needs --estimate TABLE")
@@ -257,11 +318,8 @@ def main(argv=None) -> int:
         parser.error("the run folder is required (unless --onnx-only)")
 
     import keras
-    import pandas as pd
 
     from medseg_tf.datasets import MSDDataset
-    from medseg_tf.inference import predict_folder, tta_axes_from_config
-    from medseg_tf.metrics import evaluate_folder, summarize
     from medseg_tf.training import TrainConfig, open_dataset
 
     run, dest = args.run, args.dest
@@ -281,20 +339,7 @@ def main(argv=None) -> int:
     val_ids = json.loads((run / "split.json").read_text())["val"]
     summary = json.loads((run / "summary.json").read_text())
 
-    with tempfile.TemporaryDirectory() as tmp:
-        images = Path(tmp) / "images"
-        images.mkdir()
-        for case_id in val_ids:
-            os.symlink(dataset.case(case_id).image_path, images / f"{case_id}.nii.gz")
-        start = time.perf_counter()
-        timing = predict_folder(dest, images, Path(tmp) / "pred", progress=False)
-        seconds = time.perf_counter() - start
-        table = evaluate_folder(Path(tmp) / "pred", dataset.root / "labelsTr", progress=False)
-        use_tta = bool(tta_axes_from_config(config.to_dict()))  # only flips the model was trained with
-        predict_folder(dest, images, Path(tmp) / "pred_tta_lcc", tta=use_tta, lcc=True, progress=False)
-        table_tta = evaluate_folder(Path(tmp) / "pred_tta_lcc", dataset.root / "labelsTr", progress=False)
-    table.to_csv(dest / "metrics_val.csv", index=False)
-    table_tta.to_csv(dest / "metrics_val_tta_lcc.csv", index=False)
+    heldout_text = heldout_section(dest, dataset, val_ids, config)
 
     onnx_text = onnx_section(dest, dataset, val_ids)
 
@@ -306,14 +351,6 @@ def main(argv=None) -> int:
     if args.cv is not None:
         estimate_text += "\n" + cv_section(args.cv, args.cv_runs, args.cv_note, dataset.class_names[1:])
 
-    rows = []
-    for label, tab in (("", table), (" (TTA + LCC)" if use_tta else " (LCC)", table_tta)):
-        summ = summarize(tab)
-        for cls in dataset.class_names[1:]:
-            get = lambda metric, stat: summ.loc[(cls, metric), stat]  # noqa: E731
-            rows.append(f"| {cls}{label} | {get('dice', 'mean'):.4f} ± {get('dice', 'std'):.4f} | "
-                        f"{get('dice', 'median'):.4f} | {get('hd95', 'mean'):.2f} ± {get('hd95', 'std'):.2f} | "
-                        f"{get('assd', 'mean'):.3f} | {get('nsd', 'mean'):.4f} |")
     size_mb = (dest / "model.keras").stat().st_size / 1e6
     command_text = args.command or (
         f"`MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python -m medseg_tf train --config\n"
@@ -348,20 +385,7 @@ parameters, `model.keras` {size_mb:.1f} MB){context_text} trained with `medseg_t
   {summary.get('best_epoch')} of {summary.get('epochs')}), {summary.get('runtime', '')}.
 - Machine: {_machine()}.{(chr(10) + "- Note: " + args.note) if args.note else ""}
 
-## Held-out results (whole volumes, original space)
-Measured by this script (`predict_folder` then `evaluate_folder`; per-case tables in `metrics_val.csv`, and
-`metrics_val_tta_lcc.csv` with largest-connected-component post-processing (`predict --lcc`), plus flip
-test-time augmentation (`--tta`) when the model was trained with flips),
-{len(val_ids)} cases, prediction {seconds / max(1, len(timing)):.2f} s per volume including I/O.
-Empty masks: see `medseg_tf.metrics` (no case here has an empty reference).
-
-| class | Dice mean ± std | Dice median | HD95 (mm) mean ± std | ASSD (mm) | surface Dice @1 mm |
-|---|---|---|---|---|---|
-{chr(10).join(rows)}
-
-For reference, nnU-Net reports about 0.90 (Anterior) and 0.89 (Posterior) Dice after a full GPU training
-(5-fold cross-validation on all 260 cases; not the same split).
-{estimate_text}
+{heldout_text}{estimate_text}
 ## Without TensorFlow
 {onnx_text}
 """

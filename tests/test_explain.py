@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from medseg_tf import explain, inference, models
+from medseg_tf.runspec import RunSpec
 from medseg_tf.uncertainty import mutual_information
 
 
@@ -121,8 +122,9 @@ def test_tta_ensemble_matches_single_predictions_batched():
     config2 = {"dims": 2, "slice_axis": 1, "context_slices": 1, "depth": 2}
     shifts = explain.shift_transforms([(0, 0, 0), (1, 0, -1)])
     stack = explain.ensemble_predict(net2, vol, config2, transforms=shifts)
-    np.testing.assert_allclose(stack[0], inference.predict_volume(net2, vol, dims=2, axis=1, context_slices=1, divisor=4),
-                               atol=1e-5)
+    patch2 = RunSpec.coerce(config2).patch_size   # slices are padded to at least the training patch, as predict does
+    np.testing.assert_allclose(stack[0], inference.predict_volume(net2, vol, dims=2, axis=1, context_slices=1, divisor=4,
+                                                                  patch_size=patch2), atol=1e-5)
     assert stack.shape == (2, 13, 9, 11, 3)
     with pytest.raises(ValueError, match="N >= 2"):
         explain.ensemble_predict(net2, vol, config2, transforms=shifts[:1])
