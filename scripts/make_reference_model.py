@@ -43,17 +43,20 @@ from pathlib import Path
 
 
 def _machine() -> str:
+    """Cores, CPU (with its widest vector instructions: the two CPUs of this machine kind share a name), RAM."""
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
-    cpu = "unknown CPU"
+    cpu, flags = "unknown CPU", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "unknown CPU":
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    cpu += ", AVX-512" if "avx512f" in flags else ", AVX2 only" if "avx2" in flags else ""
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (f"{os.cpu_count()} CPU cores ({cpu}), {mem:.0f} GiB RAM, "
             f"{'%d GPU(s)' % len(gpus) if gpus else 'no GPU'}; Python {platform.python_version()}, "
@@ -252,7 +255,7 @@ def heldout_section(dest: Path, dataset, val_ids: list[str], config) -> str:
 Measured by this script (`predict_folder` then `evaluate_folder`; per-case tables in `metrics_val.csv`, and
 `metrics_val_tta_lcc.csv` with largest-connected-component post-processing (`predict --lcc`), plus flip
 test-time augmentation (`--tta`) when the model was trained with flips),
-{len(val_ids)} cases, prediction {seconds / max(1, len(timing)):.2f} s per volume including I/O.
+{len(val_ids)} cases, prediction {seconds / max(1, len(timing)):.2f} s per volume including I/O ({_machine()}).
 Empty masks: see `medseg_tf.metrics` (no case here has an empty reference).
 
 | class | Dice mean ± std | Dice median | HD95 (mm) mean ± std | ASSD (mm) | surface Dice @1 mm |
