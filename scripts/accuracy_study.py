@@ -350,7 +350,7 @@ def score_shift_tta(half: str = "select") -> int:
                                        f" shift {reach} x{placements}" if reach else ""))
                 for row in case_metrics(labels, np.asarray(reference.data).astype(np.int64), reference.spacing,
                                         names, 1.0):
-                    rows.append({"recipe": recipe, "case": case_id, **row, "seconds": seconds})
+                    rows.append({"recipe": recipe, "case": case_id, **row, "seconds": seconds})  # rough: not timed alone
             print(f"{dims}D {case_id} scored", flush=True)
     metrics = pd.DataFrame(rows)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -447,6 +447,24 @@ def report() -> int:
         print("Three 3D models and their probability ensembles (mean Dice per case; training minutes: "
               + ", ".join(f"{k} {v:.1f}" for k, v in spent.items()) + "):\n")
         print(_md(pd.concat(parts, axis=1).fillna("")) + "\n")
+
+    if (OUT / "shift_tta_metrics.csv").exists():
+        shifts = read("shift_tta_metrics")
+        first = {d: shifts["recipe"][shifts["recipe"].str.startswith(d)].iloc[0] for d in ("3d", "2d")}
+        names = [r for r in shifts["recipe"].unique() if r not in first.values()]
+        table = compare_recipes(shifts, {r: first[r[:2]] for r in names})
+        print("Translation test-time augmentation and the 2D prediction canvas, shipped models, 20 select cases "
+              "(mean Dice per case; the interval is of the paired difference in the mean over both classes; "
+              "x8 / x4: predictions per volume):\n")
+        print(_md(table[["Anterior", "Posterior", "mean", "interval"]].rename(
+            columns={"interval": "vs the first row of its model (95 % interval)"}).fillna("")) + "\n")
+        for name, label in (("shift_tta_test", "the 2D shift"), ("canvas_test", "the 2D canvas")):
+            if (OUT / f"{name}_metrics.csv").exists():
+                t = read(f"{name}_metrics")
+                base, other = t["recipe"].unique()[:2]
+                row = compare_recipes(t, {other: base}).loc[other]
+                print(f"Test half, read once for {label}: {other} {row['Anterior']:.4f} / {row['Posterior']:.4f}, "
+                      f"vs {base}: {row['interval']}\n")
 
     # the cross-validations, read once: {"2d": table, "3d": table} for those present
     cv_tables = {f"{dims}d": read(f"cv_{dims}d_metrics") for dims in (2, 3)
