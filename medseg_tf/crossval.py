@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from medseg_tf import io
-from medseg_tf.errors import OverwriteError
+from medseg_tf.errors import MedsegError, OverwriteError
 from medseg_tf.runspec import RunSpec
 
 __all__ = ["compare_recipes", "cross_validate", "final_comparison", "learning_curve", "paired_difference",
@@ -80,7 +80,10 @@ def cross_validate(spec: RunSpec | Mapping | str | os.PathLike, out_dir: str | o
     checkpoint : {"last", "best"}
         Which epoch each fold keeps (see the module docstring: ``"best"`` biases the estimate).
     overwrite : bool
-        Replace existing fold runs and tables; an interrupted fold resumes without it.
+        Replace existing fold runs and tables. Without it an interrupted cross-validation resumes: a fold
+        whose run finished with this same spec is kept (scored again, not retrained), an interrupted fold
+        resumes from its last epoch, and a fold folder holding another spec's run raises
+        :class:`~medseg_tf.errors.OverwriteError`.
     verbose : "auto", 0, 1 or 2
         Training output, as :func:`medseg_tf.training.train`.
     tolerance_mm : float
@@ -103,14 +106,26 @@ def cross_validate(spec: RunSpec | Mapping | str | os.PathLike, out_dir: str | o
     dataset = open_dataset(spec.data)
     rows = []
     for fold in range(folds):
-        run = train(spec.replace(fold=fold, out_dir=str(root / f"fold_{fold}")), overwrite=overwrite,
-                    verbose=verbose)
+        fold_spec = spec.replace(fold=fold, out_dir=str(root / f"fold_{fold}"))
+        run = root / f"fold_{fold}"
+        if overwrite or not _finished_run_of(run, fold_spec):
+            run = train(fold_spec, overwrite=overwrite, verbose=verbose)
         rows.append(score_run(run, dataset=dataset, tolerance_mm=tolerance_mm).assign(fold=fold))
     table = pd.concat(rows, ignore_index=True)
     table = table[["fold"] + [c for c in table.columns if c != "fold"]]
     table.to_csv(tables[0], index=False)
     summarize_folds(table).to_csv(tables[1])
     return table
+
+
+def _finished_run_of(run_dir: Path, spec: RunSpec) -> bool:
+    """``run_dir`` holds a finished training run (``summary.json``) of exactly ``spec``."""
+    if not (run_dir / "summary.json").is_file() or not (run_dir / "model.keras").is_file():
+        return False
+    try:
+        return RunSpec.from_json(run_dir / "config.json").to_dict() == spec.to_dict()
+    except (OSError, ValueError, MedsegError):
+        return False
 
 
 def score_run(run_dir: str | os.PathLike | Sequence[str | os.PathLike], case_ids: list[str] | None = None, *,

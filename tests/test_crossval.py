@@ -56,6 +56,27 @@ def test_cross_validation_scores_every_case_once(tmp_path, phantom_root, capsys)
     assert summary.loc["Anterior", "mean"] == pytest.approx(table[table["class"] == "Anterior"]["dice"].mean())
     assert "fold_std" in capsys.readouterr().out
 
+    # an interrupted cross-validation resumes: the finished fold is kept (not retrained), the lost one trains again
+    import shutil
+
+    for name in ("cv_metrics.csv", "cv_summary.csv"):
+        (out / name).unlink()
+    shutil.rmtree(out / "fold_1")
+    kept = (out / "fold_0" / "model.keras").stat().st_mtime_ns
+    assert main(["cv", "--data", str(phantom_root), "--dims", "2", "--folds", "2", "--epochs", "1",
+                 "--steps-per-epoch", "2", "--batch-size", "4", "--patch-size", "32", "32", "--depth", "2",
+                 "--base-filters", "4", "--max-cases", "4", "--out", str(out)]) == 0
+    assert (out / "fold_0" / "model.keras").stat().st_mtime_ns == kept
+    assert (out / "fold_1" / "summary.json").is_file()
+    pd.testing.assert_frame_equal(pd.read_csv(out / "cv_metrics.csv"), table)
+    # a fold folder holding another recipe's finished run is not taken for this one's
+    (out / "cv_metrics.csv").unlink()
+    (out / "cv_summary.csv").unlink()
+    assert main(["cv", "--data", str(phantom_root), "--dims", "2", "--folds", "2", "--epochs", "2",
+                 "--steps-per-epoch", "2", "--batch-size", "4", "--patch-size", "32", "32", "--depth", "2",
+                 "--base-filters", "4", "--max-cases", "4", "--out", str(out)]) != 0
+    assert "holds a complete training run" in capsys.readouterr().err
+
 
 def test_compare_recipes_gives_verdicts_and_minutes():
     from medseg_tf.crossval import compare_recipes
