@@ -30,6 +30,9 @@ fold, last epoch, every case scored once by the model that did not train on it):
 for the 2D card (``cv_2d_metrics.csv``, ``cv_2d_runs.csv``). The recipe was chosen on the select half,
 whose 20 cases are among the 200: a slight optimism, stated with the figures. ``cv_3d`` does the same for
 the shipped 3D recipe (``cv_3d_metrics.csv``, ``cv_3d_runs.csv``), in its shipped precision (``"auto"``).
+``cv_2d_small_canvas_metrics.csv`` and ``cv_2d_small_canvas_runs.csv`` keep the first ``cv_2d``, copied
+from git (commit 83e92f5): trained on a CPU with AVX-512, as ``cv_3d`` was, and predicted before 2D slices
+were padded to at least the training patch.
 ``cv_ensemble`` trains nothing: both use the same folds, so fold k's 2D+3D ensemble (and either model with
 largest-component post-processing) is scored on fold k's cases, without bias (``cv_ensemble_metrics.csv``).
 
