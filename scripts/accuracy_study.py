@@ -480,6 +480,19 @@ def report() -> int:
               "(last epoch; mean Dice over cases, and over the folds' means; training minutes per fold: "
               + ", ".join(f"{m:.1f}" for m in fold_minutes) + "):\n")
         print(_md(cv[["mean", "fold_mean", "fold_std", "fold_min", "fold_max"]]) + "\n")
+    if "2d" in cv_tables and (OUT / "cv_2d_small_canvas_metrics.csv").exists():
+        first = read("cv_2d_small_canvas_metrics")
+        fold_minutes = read("cv_2d_small_canvas_runs")["minutes"]
+        print("The first 2D cross-validation (same folds; a CPU with AVX-512; predicted before 2D slices were padded "
+              "to the training patch; training minutes per fold: " + ", ".join(f"{m:.1f}" for m in fold_minutes)
+              + "):\n")
+        print(_md(summarize_folds(first)[["mean", "fold_mean", "fold_std", "fold_min", "fold_max"]]) + "\n")
+        both = pd.concat([cv_tables["2d"].assign(recipe="2d"), first.assign(recipe="2d first")])
+        d = paired_difference(both, "2d", "2d first")
+        d["interval"] = [f"{r['diff']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]" for _, r in d.iterrows()]
+        print("2D now minus the first 2D cross-validation, case by case (the prediction canvas and a second "
+              "training of every fold, together):\n")
+        print(_md(d[["interval", "wins", "cases"]]) + "\n")
 
     if len(cv_tables) == 2:
         both = pd.concat([table.assign(recipe=name) for name, table in cv_tables.items()])
