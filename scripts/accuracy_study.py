@@ -366,6 +366,11 @@ def score_shift_tta(half: str = "select") -> int:
     return 0
 
 
+def _intervals(diff) -> list[str]:
+    """``paired_difference`` rows as text: ``+0.0027 [+0.0008, +0.0046]``."""
+    return [f"{r['diff']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]" for _, r in diff.iterrows()]
+
+
 def _md(frame) -> str:
     """A small DataFrame as a Markdown table (4 decimals)."""
     frame = frame.reset_index()
@@ -489,7 +494,7 @@ def report() -> int:
         print(_md(summarize_folds(first)[["mean", "fold_mean", "fold_std", "fold_min", "fold_max"]]) + "\n")
         both = pd.concat([cv_tables["2d"].assign(recipe="2d"), first.assign(recipe="2d first")])
         d = paired_difference(both, "2d", "2d first")
-        d["interval"] = [f"{r['diff']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]" for _, r in d.iterrows()]
+        d["interval"] = _intervals(d)
         print("2D now minus the first 2D cross-validation, case by case (the prediction canvas and a second "
               "training of every fold, together):\n")
         print(_md(d[["interval", "wins", "cases"]]) + "\n")
@@ -497,7 +502,7 @@ def report() -> int:
     if len(cv_tables) == 2:
         both = pd.concat([table.assign(recipe=name) for name, table in cv_tables.items()])
         d = paired_difference(both, "3d", "2d")
-        d["interval"] = [f"{r['diff']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]" for _, r in d.iterrows()]
+        d["interval"] = _intervals(d)
         print("3D minus 2D recipe, case by case over the two cross-validations (same folds, each case scored by "
               "the fold models that did not train on it; 95 % bootstrap interval over cases):\n")
         print(_md(d[["interval", "wins", "cases"]]) + "\n")
