@@ -25,28 +25,10 @@ done
 # 3. Batch size vs throughput and memory (3D), XLA off and on
 $PY -m medseg_tf bench --dims 3 --batch-size 1 2 4 8 --xla off on --repeats 3 --out benchmarks/bench.csv
 
-# 4. End to end as `predict` does it, on the 40 held-out cases of the 3D model: Keras float32, Keras bfloat16
-#    (same weights; agreement with float32 labels and Dice), and the shipped ONNX model
-#    (links to them in build/, ignored by git: a relative path, so the recorded command names no machine path)
-HELD_OUT=build/held_out_3d
-rm -rf "$HELD_OUT"
-$PY - "$HELD_OUT" <<'EOF'
-import json, os, sys
-from pathlib import Path
-root, out = Path(os.environ["MEDSEG_HIPPOCAMPUS_DIR"]).resolve(), Path(sys.argv[1])
-(out / "imagesTr").mkdir(parents=True); (out / "labelsTr").mkdir()
-for case in json.loads(Path("models/hippocampus_3d/split.json").read_text())["val"]:
-    for sub in ("imagesTr", "labelsTr"):
-        (out / sub / f"{case}.nii.gz").symlink_to(root / sub / f"{case}.nii.gz")
-EOF
-$PY -m medseg_tf bench --model models/hippocampus_3d models/hippocampus_3d/model.onnx --images "$HELD_OUT" \
-    --cases 40 --precision float32 mixed_bfloat16 --repeats 3 --out benchmarks/bench.csv
-$PY -m medseg_tf bench --model models/hippocampus_2d models/hippocampus_2d/model.onnx --images "$HELD_OUT" \
-    --cases 40 --repeats 3 --out benchmarks/bench.csv
-rm -rf "$HELD_OUT"
-
-# 5. Every export format of both reference models on their 40 held-out cases: size, ms/volume, Dice, parity
-$PY benchmarks/export_formats.py --cases 40 --repeats 3 --out benchmarks/exports.csv
+# 4. End to end as `predict` does it, on the 40 held-out cases: Keras float32 and bfloat16, the shipped ONNX
+#    models (bench.csv); 5. every export format of both reference models: size, ms/volume, Dice, parity
+#    (exports.csv)
+bash benchmarks/prediction_rows.sh benchmarks/bench.csv benchmarks/exports.csv
 
 # 6. The CLI's own end-to-end figure (load, normalise, predict, write) for Keras and ONNX, 3D
 rm -rf /tmp/medseg_pred_k /tmp/medseg_pred_o

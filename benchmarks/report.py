@@ -3,12 +3,16 @@
     python benchmarks/report.py
 
 1. Prediction end to end (``bench --model ...``, as ``predict`` does it) of the reference models on their 40
-   held-out cases: the newest such rows of ``bench.csv`` (``benchmarks/idle_machine.sh``, step 4).
+   held-out cases: the newest such rows of ``bench.csv`` (``benchmarks/prediction_rows.sh``, run by
+   ``benchmarks/idle_machine.sh``, step 4).
 2. Every export format of the reference models on their held-out cases (``export_formats.py``, newest run,
    ``exports.csv``; ``benchmarks/idle_machine.sh``, step 5).
 3. Training speed, Keras (this project) against PyTorch + MONAI: the newest row of each configuration (``side_by_side_keras.csv``: ``python -m medseg_tf bench`` rows, real input
 pipeline and synthetic batch; ``side_by_side_torch.csv``: ``side_by_side_torch.py``, synthetic batch) as
 ``benchmarks/side_by_side.sh`` writes them, one after the other on the same machine.
+4. Tables 1 and 2 again from ``avx2_bench.csv`` and ``avx2_exports.csv``: the same measurements
+   (``benchmarks/prediction_rows.sh``, float32 only) on the AVX2-only CPU, after ``predict`` began padding 2D
+   slices to at least the training patch.
 """
 
 from __future__ import annotations
@@ -22,8 +26,12 @@ NETS = {2: "2d_d4_f16_ctx2", 3: "3d_d4_f16_max64"}
 TORCH_PRECISION = {"float32": "float32", "mixed_bfloat16": "bfloat16"}
 
 
-def prediction() -> None:
-    rows = pd.read_csv(HERE / "bench.csv")
+def prediction(name: str = "bench.csv") -> None:
+    path = HERE / name
+    if not path.is_file():
+        print(f"{name}: not measured yet; run benchmarks/prediction_rows.sh\n")
+        return
+    rows = pd.read_csv(path)
     rows = rows[(rows["kind"] == "predict") & rows["e2e_ms_per_volume"].notna()]
     rows = rows[rows["date"] == rows["date"].max()]
     print(f"Prediction end to end, {rows['date'].iloc[0]}, {rows['device'].iloc[0]} ({rows['cpu'].iloc[0]}):\n")
@@ -35,10 +43,10 @@ def prediction() -> None:
     print()
 
 
-def exports() -> None:
-    path = HERE / "exports.csv"
+def exports(name: str = "exports.csv") -> None:
+    path = HERE / name
     if not path.is_file():
-        print("exports.csv: not measured yet; run benchmarks/export_formats.py --out benchmarks/exports.csv\n")
+        print(f"{name}: not measured yet; run benchmarks/prediction_rows.sh\n")
         return
     rows = pd.read_csv(path)
     rows = rows[rows["date"] == rows["date"].max()]
@@ -102,6 +110,10 @@ def main() -> int:
     prediction()
     exports()
     training()
+    print("\nOn the AVX2-only CPU, after the 2D prediction canvas fix (`PRECISIONS=float32 bash "
+          "benchmarks/prediction_rows.sh benchmarks/avx2_bench.csv benchmarks/avx2_exports.csv`):\n")
+    prediction("avx2_bench.csv")
+    exports("avx2_exports.csv")
     return 0
 
 
