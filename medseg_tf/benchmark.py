@@ -932,6 +932,25 @@ def _artifact_name(path) -> str:
     return path.name if path.is_dir() else f"{path.parent.name}/{path.name}"
 
 
+def check_bench_file(path: str | os.PathLike) -> None:
+    """DataError unless ``path`` is absent, empty, or a CSV file with the columns of :data:`BENCH_COLUMNS`.
+
+    Call it before measuring, so that a wrong ``--out`` is refused before minutes of benchmarking.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(path, "is a folder; give a .csv file path")
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(path, f"cannot be read as a CSV file ({exc})") from None
+    if tuple(header) not in (BENCH_COLUMNS, BENCH_COLUMNS[:-1]):
+        raise DataError(path, "has other columns than a bench file; write to a new file")
+
+
 def append_bench(rows: Mapping | Sequence[Mapping], path: str | os.PathLike, *, command: str | None = None) -> Path:
     """Append ``bench`` rows (:data:`BENCH_COLUMNS`) to a CSV file, with date (UTC) and command.
 
@@ -948,6 +967,7 @@ def append_bench(rows: Mapping | Sequence[Mapping], path: str | os.PathLike, *, 
         unknown = sorted(set(row) - set(BENCH_COLUMNS))
         if unknown:
             raise ValueError(f"unknown bench column(s) {unknown}")
+    check_bench_file(path)
     if path.is_file() and path.stat().st_size > 0:
         with path.open(newline="") as f:
             header = next(csv.reader(f), [])

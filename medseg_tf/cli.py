@@ -50,7 +50,7 @@ NON_NEGATIVE_FLOAT = _number(float, low=0, high=float("inf"), high_open=True)
 OPEN_FRACTION = _number(float, low=0, low_open=True, high=1, high_open=True)
 
 #: Config keys whose command-line option has another name.
-_FLAG_OF_KEY = {"learning_rate": "--lr", "out_dir": "--out", "tolerance_mm": "--tolerance"}
+_FLAG_OF_KEY = {"learning_rate": "--lr", "out_dir": "--out", "tolerance_mm": "--tolerance", "task": "TASK"}
 
 
 def _flag(key: str) -> str:
@@ -67,6 +67,9 @@ def _cmd_course(args) -> int:
     from medseg_tf import course, settings
 
     if args.student:
+        for flag, given in (("--update", args.update), ("--out", args.out), ("--quick", args.quick)):
+            if given:
+                raise ConfigError(None, f"--student writes student versions and runs nothing; it takes no {flag}")
         written = course.write_student_versions(args.student, only=args.only, overwrite=args.overwrite)
         print(f"wrote {len(written)} student notebooks (solution cells removed, outputs cleared) to "
               f"{settings.display_path(args.student)}")
@@ -182,6 +185,8 @@ def _cmd_cv(args) -> int:
 
     from medseg_tf.crossval import cross_validate, summarize_folds
 
+    if args.val_fraction is not None:
+        raise ConfigError("val_fraction", "does not apply to cv: each fold validates on 1/--folds of the cases")
     spec = _spec_from_args(args, "cv")
     table = cross_validate(spec, args.out or f"cv_{Path(spec.data).name}_{spec.dims}d", folds=args.folds,
                            checkpoint=args.checkpoint or "last", overwrite=args.overwrite)
@@ -219,6 +224,9 @@ def _cmd_predict(args) -> int:
                                      "output folder apart from the inputs")
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError("out", f"{args.out} is a file, not a folder")
+    if args.model.is_file() and not _is_onnx(args.model):
+        raise ConfigError("model", f"{args.model} is a file; give the run folder that holds model.keras (and its "
+                                   "config.json), or an .onnx file")
     extra = {}
     if _is_onnx(args.model):  # ONNX Runtime only: no TensorFlow import on this path
         from medseg_tf.onnx_predict import predict_folder_onnx as predict_folder
@@ -266,9 +274,15 @@ def _cmd_export(args) -> int:
 
     quantize = "int8" if args.int8 else ("float16" if args.float16 else None)
     if args.int8 and args.float16:
-        raise ConfigError("int8", "and --float16 exclude each other; choose one")
+        raise ConfigError("int8", "cannot be combined with --float16; choose one")
+    if quantize and args.format != "litert":
+        raise ConfigError(quantize, f"quantises LiteRT models only (--format litert), not {args.format}")
+    for given, name in ((args.calibration_cases is not None, "calibration_cases"),
+                        (args.calibration is not None, "calibration")):
+        if given and not args.int8:
+            raise ConfigError(name, "applies to --int8 only")
     out = export_model(args.model, args.format, args.out, quantize=quantize, calibration_data=args.calibration,
-                       calibration_cases=args.calibration_cases, overwrite=args.overwrite)
+                       calibration_cases=args.calibration_cases or 8, overwrite=args.overwrite)
     print(f"wrote {settings.display_path(out)} ({args.format}{' ' + quantize if quantize else ''}, "
           f"{file_size_mb(out):.1f} MB)")
     return 0
@@ -278,12 +292,15 @@ def _cmd_bench(args) -> int:
     from medseg_tf import benchmark, settings
 
     images, labels = [], None
+    for flag, given in (("cases", args.cases is not None), ("images", args.images is not None)):
+        if given and not args.model:
+            raise ConfigError(flag, "applies only with --model (prediction of whole volumes)")
     if args.model:
         folder = args.images or settings.hippocampus_sample_dir()
         if not Path(folder).is_dir():
             raise ConfigError("images", f"{folder} is not a folder of images")
         root = Path(folder) / "imagesTr" if (Path(folder) / "imagesTr").is_dir() else Path(folder)
-        images = sorted(p for p in root.glob("*.nii*") if not p.name.startswith("."))[:args.cases]
+        images = sorted(p for p in root.glob("*.nii*") if not p.name.startswith("."))[:args.cases or 8]
         if not images:
             raise ConfigError("images", f"{folder} holds no NIfTI images")
         label_dir = root.parent / "labelsTr"
@@ -291,6 +308,8 @@ def _cmd_bench(args) -> int:
             labels = [label_dir / p.name for p in images]
     if args.out is not None and args.out.suffix.lower() != ".csv":
         raise ConfigError("out", f"{args.out} must be a .csv file")
+    if args.out is not None:
+        benchmark.check_bench_file(args.out)  # before the measurements, not after
     rows = benchmark.bench(dims=args.dims, models=args.model or (), precisions=args.precision,
                            xla=[x == "on" for x in args.xla], batch_sizes=args.batch_size, data=args.data,
                            images=images, labels=labels, steps=args.steps, repeats=args.repeats, quick=args.quick,
@@ -315,7 +334,7 @@ def _cmd_bench(args) -> int:
 def _cmd_evaluate(args) -> int:
     import pandas as pd
 
-    from medseg_tf.metrics import METRIC_UNITS, evaluate_folder, summarize
+    from medseg_tf.metrics import METRIC_UNITS, evaluate_folder, msd_labels_folder, summarize
 
     if args.out.suffix.lower() != ".csv":
         raise ConfigError("out", f"{args.out} must be a .csv file (the per-case table)")
@@ -323,9 +342,15 @@ def _cmd_evaluate(args) -> int:
         raise ConfigError("out", f"{args.out} is a folder; give a .csv file path")
     if args.out.exists() and not args.overwrite:
         raise OverwriteError(f"{args.out}: already exists; pass --overwrite to replace it")
+    if args.model is not None and not (args.model / "split.json").is_file():
+        raise ConfigError("model", f"{args.model} is not a run folder with a split.json (the model whose "
+                                   "training cases to warn about)")
     table = evaluate_folder(args.pred, args.labels, tolerance_mm=args.tolerance, progress=not args.no_progress)
     if args.model is not None:
         _warn_training_cases(args.model, sorted(set(table["case"])), "predicted cases")
+    if not (msd_labels_folder(args.labels).parent / "dataset.json").is_file():
+        print(f"note: no dataset.json declares the labels of {args.labels}; every non-zero value found is scored "
+              f"as its own class: {', '.join(map(str, table['class'].unique()))}", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
     summary = summarize(table)
@@ -353,7 +378,7 @@ def _add_spec_options(p) -> None:
     p.add_argument("--lr", type=POSITIVE_FLOAT, help="initial learning rate")
     p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, help="random seed (split, sampling, augmentation, weights)")
-    p.add_argument("--max-cases", type=_number(int, low=2), help="use only the first N cases")
+    p.add_argument("--max-cases", type=_number(int, low=2), help="use only the first N cases (N >= 2)")
     p.add_argument("--val-fraction", type=OPEN_FRACTION, help="share of cases held out for validation")
     p.add_argument("--depth", type=POSITIVE_INT, help="U-Net depth (number of poolings)")
     p.add_argument("--base-filters", type=POSITIVE_INT, help="filters of the first level")
@@ -406,7 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="make, download and check data sets (MSD layout)")
     dsub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
-    p = dsub.add_parser("phantom", help="write a synthetic phantom data set (MRI, CT, brain tumour, fundus)")
+    p = dsub.add_parser("phantom", help="write a synthetic phantom data set (MRI, CT, brain tumour, fundus)",
+                       description=("Write a deterministic synthetic data set (the same --seed gives the same "
+                                    "files) in the MSD layout: imagesTr/, labelsTr/ and dataset.json (fundus: "
+                                    "images/, manual/ and mask/ PNG triples)."))
     p.add_argument("--out", type=Path, required=True,
                    help="output folder (MSD layout; fundus: images/, manual/, mask/ PNG triples)")
     p.add_argument("--kind", choices=PHANTOM_KINDS, default="mri",
@@ -419,7 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing phantom folder")
     p.set_defaults(func=_cmd_data_phantom)
 
-    p = dsub.add_parser("download", help="download an MSD task (checksummed, resumable)")
+    p = dsub.add_parser("download", help="download an MSD task (checksummed, resumable)",
+                       description=("Download and unpack a Medical Segmentation Decathlon task: the archive is "
+                                    "checked against its published MD5, an interrupted download resumes, and the "
+                                    "task folder appears only once it is complete."))
     p.add_argument("task", help="e.g. Task04_Hippocampus (or Task04, hippocampus)")
     p.add_argument("--out", type=Path, required=True, help="folder that will hold TaskXX_Name/")
     p.add_argument("--url", help="alternative URL of the .tar archive")
@@ -427,14 +458,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_data_download)
 
-    p = dsub.add_parser("dicom", help="convert a DICOM series folder to one NIfTI file (RAS affine)")
+    p = dsub.add_parser("dicom", help="convert a DICOM series folder to one NIfTI file (RAS affine)",
+                       description=("Read a DICOM series with SimpleITK (LPS) and write it as one NIfTI file whose"
+                                    " affine maps voxels to RAS millimetres."))
     p.add_argument("dir", type=Path, help="folder holding the series' .dcm files")
     p.add_argument("--out", type=Path, required=True, help="output .nii.gz")
     p.add_argument("--series", help="SeriesInstanceUID, when the folder holds several series")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=_cmd_data_dicom)
 
-    p = dsub.add_parser("check", help="validate an MSD folder and print a per-case table")
+    p = dsub.add_parser("check", help="validate an MSD folder and print a per-case table",
+                       description=("Check every case of an MSD folder (files readable, image and label on the "
+                                    "same grid, labels declared in dataset.json, finite values) and print a per-"
+                                    "case table; exit status 1 if any case fails."))
     p.add_argument("dir", type=Path, help="folder holding dataset.json")
     p.set_defaults(func=_cmd_data_check)
     data.set_defaults(func=lambda args: (data.print_help(), 2)[1])
@@ -466,14 +502,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Predict label maps for every image of a folder (MSD imagesTs/-like, or an "
                                    "MSD folder whose imagesTr/ is used), written as NIfTI on the source grid.")
     p.add_argument("--model", type=Path, required=True,
-                   help="run folder (model.keras + config.json), or an exported .onnx file (no TensorFlow needed)")
+                   help="run folder (model.keras + config.json), or an exported .onnx file (no TensorFlow needed); "
+                        "not the model.keras file itself")
     p.add_argument("--images", type=Path, required=True, help="folder of .nii.gz images, or an MSD folder")
     p.add_argument("--out", type=Path, required=True, help="output folder for <case>.nii.gz label maps")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--lcc", action="store_true", help="keep the largest connected component per class")
     p.add_argument("--temperature", type=POSITIVE_FLOAT, default=None,
                    help="divide the log-probabilities by T before the softmax (calibration; labels unchanged; "
-                        "default: the run folder's calibration.json, else 1); reported as per-case uncertainty")
+                        "default: the run folder's calibration.json, else 1); reported as per-case uncertainty; "
+                        "Keras run folders only")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=16, help="slices or windows per model call")
     p.add_argument("--overwrite", action="store_true", help="replace existing predictions")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -490,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="litert: int8 post-training quantisation")
     p.add_argument("--float16", action="store_true", help="litert: float16 weights")
     p.add_argument("--calibration", help="int8: data set of the calibration cases (default: the run's data)")
-    p.add_argument("--calibration-cases", type=POSITIVE_INT, default=8,
+    p.add_argument("--calibration-cases", type=POSITIVE_INT, default=None,
                    help="int8: training cases drawn for calibration (default 8)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=_cmd_export)
@@ -505,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, nargs="+",
                    help="instead: time these models end to end (run folders, .onnx, .tflite, SavedModel folders)")
     p.add_argument("--images", type=Path, help="with --model: images to predict (default data/hippocampus_sample)")
-    p.add_argument("--cases", type=POSITIVE_INT, default=8, help="with --model: number of images (default 8)")
+    p.add_argument("--cases", type=POSITIVE_INT, default=None, help="with --model: number of images (default 8)")
     p.add_argument("--precision", nargs="+", choices=("float32", "mixed_bfloat16", "mixed_float16"),
                    default=["float32"], help="Keras dtype policies to time (default float32)")
     p.add_argument("--xla", nargs="+", choices=("off", "on"), default=["off"], help="XLA compilation (default off)")
@@ -592,6 +630,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - a user sees one line; MEDSEG_DEBUG=1 shows the traceback
         if os.environ.get("MEDSEG_DEBUG"):
             raise
+        if isinstance(exc, OSError) and exc.filename:  # e.g. a file given where a folder is needed
+            print(f"error: {exc.filename}: {exc.strerror or type(exc).__name__} (MEDSEG_DEBUG=1 shows the "
+                  "traceback)", file=sys.stderr)
+            return 1
         text = " ".join(str(exc).split()) or "(no message)"
         print(f"error: {type(exc).__name__}: {text[:400]} (MEDSEG_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1

@@ -41,6 +41,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
 from medseg_tf import settings
+from medseg_tf.errors import ConfigError
 
 NOTEBOOKS_DIR = settings.REPO_ROOT / "notebooks"
 #: Default output folder of ``python -m medseg_tf course`` (git-ignored ``build/``).
@@ -52,6 +53,10 @@ def list_notebooks(folder: Path = NOTEBOOKS_DIR, only: list[str] | None = None) 
     """Numbered notebooks ``NN_*.ipynb`` in order; ``only`` keeps those whose name starts with one of its items."""
     books = sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb"))
     if only:
+        unmatched = [o for o in only if not any(p.name.startswith(o) for p in books)]
+        if books and unmatched:
+            raise ConfigError("only", f"no notebook in {settings.display_path(folder)} starts with "
+                                      f"{', '.join(map(repr, unmatched))} (they are numbered 00, 01, ...)")
         books = [p for p in books if any(p.name.startswith(o) for o in only)]
     return books
 
@@ -348,6 +353,8 @@ def write_student_versions(out_dir: Path, *, folder: Path = NOTEBOOKS_DIR, only:
 
     books = list_notebooks(folder, only)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OverwriteError(f"{settings.display_path(out_dir)}: is a file, not a folder; choose another folder")
     existing = [out_dir / b.name for b in books if (out_dir / b.name).exists()]
     if existing and not overwrite:
         raise OverwriteError(f"{settings.display_path(existing[0])}: already exists; pass --overwrite to replace it")

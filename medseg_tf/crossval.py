@@ -18,6 +18,7 @@ over the folds' means).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -103,6 +104,14 @@ def cross_validate(spec: RunSpec | Mapping | str | os.PathLike, out_dir: str | o
     tables = [root / "cv_metrics.csv", root / "cv_summary.csv"]
     if any(p.exists() for p in tables) and not overwrite:
         raise OverwriteError(f"{tables[0]}: already exists; pass --overwrite (overwrite=True) to run again")
+    if root.exists() and not root.is_dir():
+        raise OverwriteError(f"{root}: is a file, not a folder; choose another output folder")
+    others = sorted(p.name for p in root.iterdir() if p.name not in {t.name for t in tables}
+                    and not re.fullmatch(r"fold_\d+", p.name)) if root.is_dir() else []
+    if others and not overwrite:
+        raise OverwriteError(f"{root}: holds files that are not a cross-validation's ({', '.join(others[:3])}"
+                             f"{', ...' if len(others) > 3 else ''}); choose another output folder or pass "
+                             "--overwrite (overwrite=True) to write the folds next to them")
     dataset = open_dataset(spec.data)
     rows = []
     for fold in range(folds):

@@ -98,7 +98,8 @@ class MSDDataset:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
-            raise DataError(self.root, "data set folder not found")
+            raise DataError(self.root, "is a file, not a data set folder" if self.root.exists()
+                            else "data set folder not found")
         json_path = self.root / "dataset.json"
         meta = _read_json(json_path)
         self.meta = meta
@@ -369,7 +370,7 @@ def prediction_plan(images_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     """
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():
-        raise DataError(images_dir, "folder not found")
+        raise DataError(images_dir, "is a file, not a folder" if images_dir.exists() else "folder not found")
     files = image_files(images_dir)
     outputs = [out_dir / f"{case_id(f)}.nii.gz" for f in files]
     existing = [p for p in outputs if p.exists()]

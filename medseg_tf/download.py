@@ -293,6 +293,8 @@ def fetch(
     md5 = _check_md5_format(md5)
     if not timeout or timeout <= 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if not str(url).lower().startswith(("http://", "https://", "file://")):
+        raise ConfigError("url", f"must start with http://, https:// or file://, got {url!r}")
     dest = Path(dest)
     if dest.exists():
         if md5 is not None and (actual := md5sum(dest)) != md5:

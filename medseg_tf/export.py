@@ -99,7 +99,12 @@ def load_keras(model_path: str | os.PathLike):
         model = keras.saving.load_model(path, compile=False)
     except Exception as exc:
         raise DataError(path, f"cannot be loaded by Keras ({_first_line(exc)})") from None
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    try:
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    except ValueError as exc:
+        raise DataError(config_path, f"malformed JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise DataError(config_path, f"expected a JSON object, got {type(config).__name__}")
     from medseg_tf.models import main_output, with_precision
 
     return with_precision(main_output(model), "float32"), config
@@ -124,6 +129,10 @@ def _check_out(out: Path, fmt: str, overwrite: bool) -> None:
         raise ConfigError("out", f"{out} must end in {_SUFFIX[fmt]} for format {fmt}")
     if out.exists() and not overwrite:
         raise OverwriteError(f"{out}: already exists; pass --overwrite to replace it")
+    sidecar = out.with_name(out.name + ".json")  # LiteRT writes the config next to the model
+    if fmt == "litert" and sidecar.exists() and not overwrite:
+        raise OverwriteError(f"{sidecar}: already exists (the config file written next to {out.name}); pass "
+                             "--overwrite to replace it")
 
 
 # =========================================================================== calibration

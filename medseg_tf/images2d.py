@@ -73,7 +73,7 @@ def _case_key(path: Path) -> str:
 
 def _listing(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
-        raise DataError(folder, "folder not found")
+        raise DataError(folder, "is a file, not a folder" if folder.exists() else "folder not found")
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
@@ -111,7 +111,7 @@ def find_pairs(root: str | os.PathLike, *, images: str = "images", masks: str = 
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DataError(root, "data set folder not found")
+        raise DataError(root, "is a file, not a data set folder" if root.exists() else "data set folder not found")
     imgs = _listing(root / images)
     if not imgs:
         raise DataError(root / images, f"no image files ({', '.join(IMAGE_SUFFIXES)})")

@@ -256,19 +256,6 @@ def _checked_tta_axes(spec: RunSpec) -> tuple[int, ...]:
     return spec.mirror_axes
 
 
-def _check_channels(model, data: np.ndarray, spec: RunSpec, path) -> None:
-    """DataError when the image's channel count is not the one the model takes."""
-    expected = getattr(model, "input_shape", None)
-    expected = expected[-1] if isinstance(expected, tuple) and expected else None
-    if expected is None:
-        return
-    image_channels = data.shape[-1] if data.ndim == 4 else 1
-    if image_channels * spec.slices_per_sample != expected:
-        got = f"{image_channels} channels" if data.ndim == 4 else "1 channel"
-        raise DataError(path, f"has {got} (shape {data.shape}) but the model takes "
-                              f"{expected // spec.slices_per_sample}")
-
-
 def _predict_loaded(model, vol: io.Volume, config: RunSpec | Mapping, *, tta: bool, lcc: bool,
                     batch_size: int) -> np.ndarray:
     """Label map (uint8, original voxel order and shape) of a loaded image volume."""
@@ -282,12 +269,12 @@ def _predict_loaded(model, vol: io.Volume, config: RunSpec | Mapping, *, tta: bo
 def _probabilities_loaded(model, vol: io.Volume, config: RunSpec | Mapping, *, tta: bool,
                           batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Normalised RAS image (model grid) and RAS class probabilities (native grid) of a loaded volume."""
-    from medseg_tf.sliding import prepare_image
+    from medseg_tf.sliding import check_channels, prepare_image
 
     spec = RunSpec.coerce(config)
     image, spacing = prepare_image(vol, spec)
     ras_shape = io.reorient_to_ras(vol).shape[:3]
-    _check_channels(model, image, spec, vol.path)
+    check_channels(model, image, spec, vol.path)
     tta_axes = _checked_tta_axes(spec) if tta else ()
     probs = predict_volume(
         model, image, dims=spec.dims, axis=spec.slice_axis,

@@ -167,8 +167,12 @@ def save_nifti(data: np.ndarray, path: str | os.PathLike, *, affine: np.ndarray 
         Replace an existing file (default: refuse with :class:`OverwriteError`).
     """
     path = Path(path)
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        raise DataError(path, "a NIfTI file name must end in .nii or .nii.gz")
+    if path.is_dir():
+        raise DataError(path, "is a folder; give a NIfTI file path (.nii or .nii.gz)")
     if path.exists() and not overwrite:
-        raise OverwriteError(f"{path}: already exists; pass --overwrite (overwrite=True) to replace it")
+        raise OverwriteError(f"{path}: already exists; pass --overwrite to replace it")
     data = np.asarray(data)
     header = None
     if reference is not None:

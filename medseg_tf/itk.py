@@ -143,7 +143,7 @@ def read_dicom_series(folder: str | os.PathLike, series_id: str | None = None) -
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(folder, "DICOM folder not found")
+        raise DataError(folder, "is a file, not a DICOM folder" if folder.exists() else "DICOM folder not found")
     warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK prints its own warnings; we raise one line instead
     try:

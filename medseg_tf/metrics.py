@@ -689,8 +689,9 @@ def _check_declared_labels(labels: np.ndarray, names: Mapping[int, str] | None, 
         bad = values[values < 0]
         declared = "non-negative labels"
     else:
-        bad = np.setdiff1d(values, np.asarray([0, *names], dtype=values.dtype))
-        declared = f"labels {{0, {', '.join(str(k) for k in sorted(names))}}} of dataset.json"
+        classes = sorted(k for k in names if k != 0)  # dataset.json may list background (0) too
+        bad = np.setdiff1d(values, np.asarray([0, *classes], dtype=values.dtype))
+        declared = f"labels {{{', '.join(str(k) for k in [0, *classes])}}} of dataset.json"
     if bad.size:
         raise DataError(path, f"holds label value(s) {', '.join(str(int(v)) for v in bad)} outside the "
                               f"declared {declared}")
@@ -749,7 +750,7 @@ def evaluate_folder(pred_dir: str | os.PathLike, labels_dir: str | os.PathLike, 
     labels_dir = msd_labels_folder(labels_dir)
     for folder in (pred_dir, labels_dir):
         if not folder.is_dir():
-            raise DataError(folder, "folder not found")
+            raise DataError(folder, "is a file, not a folder" if folder.exists() else "folder not found")
     preds = io.nifti_files(pred_dir)
     if not preds:
         raise DataError(pred_dir, "holds no NIfTI files (.nii.gz or .nii)")

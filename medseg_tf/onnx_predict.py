@@ -31,7 +31,8 @@ from medseg_tf.errors import ConfigError, DataError
 from medseg_tf.postprocessing import keep_largest_component
 from medseg_tf.datasets import prediction_plan
 from medseg_tf.runspec import RunSpec
-from medseg_tf.sliding import labels_from_probs, predict_image, prepare_image, probabilities_from_logits
+from medseg_tf.sliding import (check_channels, labels_from_probs, predict_image, prepare_image,
+                               probabilities_from_logits)
 
 __all__ = ["CONFIG_KEY", "OnnxModel", "load_onnx", "predict_case_onnx", "predict_folder_onnx"]
 
@@ -156,6 +157,7 @@ def load_onnx(path: str | os.PathLike, config: Mapping | None = None, *, threads
 def _predict_loaded(model: OnnxModel, vol: io.Volume, *, lcc: bool, batch_size: int) -> np.ndarray:
     config = model.config
     image, spacing = prepare_image(vol, config)
+    check_channels(model, image, config, vol.path, model_path=model.path)
     probs = predict_image(model.predict_batch, image, config, batch_size=batch_size, fixed=model.fixed_spatial)
     if config.target_spacing is not None:
         from medseg_tf import preprocessing
@@ -203,13 +205,20 @@ def predict_folder_onnx(model: OnnxModel | str | os.PathLike, images_dir: str | 
     if not isinstance(model, OnnxModel):
         model = OnnxModel(model)
     plan = prediction_plan(images_dir, out_dir, overwrite=overwrite)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for path, out in tqdm(plan, desc="predict (onnx)", unit="case", disable=not progress):
-        start = time.perf_counter()
-        vol = io.load_nifti(path)
-        labels = _predict_loaded(model, vol, lcc=lcc, batch_size=batch_size)
-        io.save_nifti(labels, out, reference=vol, overwrite=overwrite)
-        rows.append({"case": io.case_id(path), "seconds": time.perf_counter() - start})
+    try:
+        for path, out in tqdm(plan, desc="predict (onnx)", unit="case", disable=not progress):
+            start = time.perf_counter()
+            vol = io.load_nifti(path)
+            labels = _predict_loaded(model, vol, lcc=lcc, batch_size=batch_size)
+            io.save_nifti(labels, out, reference=vol, overwrite=overwrite)
+            rows.append({"case": io.case_id(path), "seconds": time.perf_counter() - start})
+    except BaseException:
+        if created and not any(out_dir.iterdir()):  # a failed run leaves no empty folder behind
+            out_dir.rmdir()
+        raise
     return pd.DataFrame(rows, columns=["case", "seconds"])
 

@@ -130,18 +130,31 @@ def lock_run_dir(run_dir: Path):
 
     A second writer gets :class:`RunLockedError` at once. The lock is the operating system's
     (``fcntl.flock``), so a killed run releases it; the empty ``.lock`` file stays and is ignored.
+    When training fails before writing anything (a refused folder, for instance), the ``.lock``
+    file and the folder this call created are removed again, so a refusal leaves no trace.
     """
     import fcntl
 
+    created_dir = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(run_dir / LOCK_FILE, "a")
+    lock_path = run_dir / LOCK_FILE
+    created_lock = not lock_path.exists()
+    handle = open(lock_path, "a")
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            created_lock = False  # another writer's lock file
             raise RunLockedError(f"{run_dir}: another training run is writing to this folder; wait for it "
                                  "to finish or choose another out_dir (--out)") from None
         yield
+    except BaseException as exc:
+        refused = isinstance(exc, OverwriteError)  # raised before anything was written
+        if created_lock and (refused or not any(p.name != LOCK_FILE for p in run_dir.iterdir())):
+            lock_path.unlink(missing_ok=True)  # still held: no other writer can have it
+            if created_dir and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+        raise
     finally:
         handle.close()
 

@@ -326,7 +326,8 @@ class RunSpec(Mapping):
         _check_unet_kwargs(self.model)
         if any(s % self.divisor for s in self.patch_size):
             raise ConfigError("patch_size", f"{self.patch_size} must be divisible by 2**depth = {self.divisor} "
-                                            f"(the U-Net pools {self.depth} times)")
+                                            f"(the U-Net pools {self.depth} times): choose a patch_size "
+                                            f"divisible by {self.divisor} or a smaller model depth")
         name_and_kwargs("loss", self.loss, LOSS_NAMES)
         name_and_kwargs("optimizer", self.optimizer, OPTIMIZER_NAMES)
         self.learning_rate = _as_float("learning_rate", self.learning_rate)

@@ -157,6 +157,8 @@ def build_site(out: Path, *, notebooks: Path | None = None, overwrite: bool = Fa
     if not books:
         raise DataError(folder, "no numbered notebooks (NN_*.ipynb) to render")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OverwriteError(f"{settings.display_path(out)}: is a file, not a folder; choose another output folder")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise OverwriteError(f"{settings.display_path(out)}: already exists; pass --overwrite to replace it")
@@ -173,7 +175,11 @@ def build_site(out: Path, *, notebooks: Path | None = None, overwrite: bool = Fa
             n for n in names if Path(d) == root and n == "localization"])
         titles = []
         for book in books:
-            nb = nbformat.read(book, as_version=4)
+            try:
+                nb = nbformat.read(book, as_version=4)
+            except (ValueError, OSError) as exc:  # nbformat's NotJSONError is a ValueError
+                raise DataError(book, f"cannot read as a notebook ({type(exc).__name__}: "
+                                      f"{' '.join(str(exc).split())[:200]})") from exc
             _drop_widgets(nb)
             nbformat.write(nb, src / book.name)
             titles.append((book.stem, _title(nb, book.stem)))

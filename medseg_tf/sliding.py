@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -37,6 +38,7 @@ __all__ = [
     "predict_windows",
     "predict_image",
     "prepare_image",
+    "check_channels",
     "labels_from_probs",
 ]
 
@@ -254,10 +256,10 @@ def prepare_image(vol: io.Volume, config: RunSpec | Mapping) -> tuple[np.ndarray
         The RAS spacing in mm before any resampling.
     """
     spec = RunSpec.coerce(config)
+    if np.ndim(vol.data) not in (3, 4):  # before reorienting, which needs three spatial axes
+        raise DataError(vol.path, f"expected a 3D image (or 4D with channels last), got shape {np.shape(vol.data)}")
     ras = io.reorient_to_ras(vol)
     data = np.asarray(ras.data, dtype=np.float32)
-    if data.ndim not in (3, 4):
-        raise DataError(vol.path, f"expected a 3D image (or 4D with channels last), got shape {data.shape}")
     if not np.all(np.isfinite(data)):
         bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
         raise DataError(vol.path, f"holds {bad} NaN or infinite voxel value(s); fix or mask them before predicting")
@@ -269,6 +271,27 @@ def prepare_image(vol: io.Volume, config: RunSpec | Mapping) -> tuple[np.ndarray
     if spec.target_spacing is not None:
         image = preprocessing.resample_to_spacing(image, ras.spacing, spec.target_spacing, order=1)
     return image, tuple(ras.spacing)
+
+
+def check_channels(model, image: np.ndarray, spec: RunSpec, path, model_path=None) -> None:
+    """DataError naming ``path`` when the image's channel count is not the one the model takes.
+
+    ``model`` is anything with an ``input_shape`` ``(batch, *spatial, channels)`` (a Keras model or an
+    :class:`~medseg_tf.onnx_predict.OnnxModel`); a 2.5D model takes ``slices_per_sample`` channels per
+    image channel. ``model_path``, when given (an exported file), is named in the message too.
+    """
+    expected = getattr(model, "input_shape", None)
+    expected = expected[-1] if isinstance(expected, tuple) and expected else None
+    if expected is None:
+        return
+    image_channels = image.shape[-1] if image.ndim == 4 else 1
+    if image_channels * spec.slices_per_sample != expected:
+        got = f"{image_channels} channels" if image.ndim == 4 else "1 channel"
+        takes = expected // spec.slices_per_sample
+        if model_path is not None:
+            raise DataError(path, f"has {got} (shape {image.shape}), which does not fit the model "
+                                  f"{Path(model_path).name}: it takes {takes}")
+        raise DataError(path, f"has {got} (shape {image.shape}) but the model takes {takes}")
 
 
 def labels_from_probs(probs: np.ndarray) -> np.ndarray:

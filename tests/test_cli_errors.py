@@ -270,3 +270,160 @@ def test_train_without_data_or_config(capsys):
     code, err = run(capsys, "train")
     assert code == 1
     one_line(err, "give --config FILE.json, or --data")
+
+
+# ----------------------------------------------------------------------------- files where folders belong, and back
+MODEL_2D = settings.MODELS_DIR / "hippocampus_2d"
+
+
+@pytest.mark.parametrize("model", [MODEL_3D, MODEL_3D / "model.onnx"], ids=["keras", "onnx"])
+def test_predict_names_the_file_of_a_2d_image_and_of_wrong_channels(capsys, tmp_path, images, model):
+    path = sorted(images.iterdir())[0]
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj).astype(np.float32)
+    nib.save(nib.Nifti1Image(data[:, :, 10], img.affine), str(path))
+    code, err = run(capsys, "predict", "--model", model, "--images", images, "--out", tmp_path / "p1")
+    assert code == 1
+    one_line(err, path.name, "expected a 3D image")
+    assert not (tmp_path / "p1").exists()  # a failed predict leaves no empty output folder
+
+    nib.save(nib.Nifti1Image(np.stack([data] * 2, axis=-1), img.affine), str(path))
+    code, err = run(capsys, "predict", "--model", model, "--images", images, "--out", tmp_path / "p2")
+    assert code == 1
+    one_line(err, path.name, "2 channels", "takes 1")
+    assert not (tmp_path / "p2").exists()
+
+
+def test_predict_given_the_model_file_asks_for_its_run_folder(capsys, tmp_path, images):
+    code, err = run(capsys, "predict", "--model", MODEL_3D / "model.keras", "--images", images,
+                    "--out", tmp_path / "p")
+    assert code == 1
+    one_line(err, "--model", "model.keras", "run folder")
+
+
+@pytest.mark.parametrize("argv_of", [
+    lambda f, tmp: ["data", "check", f],
+    lambda f, tmp: ["predict", "--model", MODEL_3D, "--images", f, "--out", tmp / "p"],
+    lambda f, tmp: ["course", "--student", f],
+    lambda f, tmp: ["site", f],
+], ids=["data-check", "predict-images", "course-student", "site"])
+def test_a_file_where_a_folder_belongs_is_named(capsys, tmp_path, argv_of):
+    victim = tmp_path / "notes.txt"
+    victim.write_text("mine")
+    code, err = run(capsys, *argv_of(victim, tmp_path))
+    assert code == 1
+    one_line(err, "notes.txt", "not a")
+    assert victim.read_text() == "mine"
+
+
+def test_evaluate_model_must_be_a_run_folder(capsys, tmp_path, predictions):
+    for model in (tmp_path / "missing", MODEL_3D / "model.onnx"):
+        code, err = run(capsys, "evaluate", "--pred", predictions, "--labels", SAMPLE, "--out",
+                        tmp_path / "m.csv", "--model", model)
+        assert code == 1
+        one_line(err, "--model", "split.json")
+    assert not (tmp_path / "m.csv").exists()
+
+
+def test_evaluate_without_dataset_json_says_which_labels_it_scored(capsys, tmp_path, predictions):
+    labels = tmp_path / "labels"
+    shutil.copytree(predictions, labels)
+    path = sorted(labels.iterdir())[0]
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj).copy()
+    data[0, 0, 0] = 7
+    nib.save(nib.Nifti1Image(data, img.affine), str(path))
+    code, err = run(capsys, "evaluate", "--pred", predictions, "--labels", labels, "--out", tmp_path / "m.csv",
+                    "--no-progress")
+    assert code == 0
+    one_line(err, "no dataset.json", "label_1, label_2, label_7")
+
+
+def test_declared_labels_are_listed_once(capsys, tmp_path, predictions):
+    path = sorted(predictions.iterdir())[0]
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj).copy()
+    data[0, 0, 0] = 3
+    nib.save(nib.Nifti1Image(data, img.affine), str(path))
+    code, err = run(capsys, "evaluate", "--pred", predictions, "--labels", SAMPLE, "--out", tmp_path / "m.csv")
+    assert code == 1
+    one_line(err, path.name, "declared labels {0, 1, 2} of dataset.json")
+
+
+def test_course_only_without_a_match_names_the_option(capsys, tmp_path):
+    code, err = run(capsys, "course", "--only", "99", "--student", tmp_path / "student")
+    assert code == 1
+    one_line(err, "--only", "'99'")
+    assert not (tmp_path / "student").exists()
+
+
+def test_cv_refuses_a_folder_of_other_files(capsys, tmp_path, phantom_root):
+    folder = tmp_path / "thesis"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("mine")
+    code, err = run(capsys, "cv", "--data", phantom_root, "--dims", "2", "--epochs", "1", "--out", folder)
+    assert code == 1
+    one_line(err, "thesis.tex", "--overwrite")
+    assert sorted(p.name for p in folder.iterdir()) == ["thesis.tex"]
+
+
+def test_refused_training_leaves_no_lock_file(capsys, tmp_path, phantom_root):
+    folder = tmp_path / "thesis"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("mine")
+    code, err = run(capsys, "train", "--data", phantom_root, "--dims", "2", "--epochs", "1", "--out", folder)
+    assert code == 1
+    one_line(err, "holds no run")
+    assert sorted(p.name for p in folder.iterdir()) == ["thesis.tex"]
+
+
+def test_export_options_that_do_not_apply_and_the_litert_config_file(capsys, tmp_path):
+    code, err = run(capsys, "export", "--model", MODEL_2D, "--format", "onnx", "--int8", "--out", tmp_path / "m.onnx")
+    assert code == 1
+    one_line(err, "--int8", "--format litert")
+    code, err = run(capsys, "export", "--model", MODEL_2D, "--format", "litert", "--calibration-cases", "4",
+                    "--out", tmp_path / "m.tflite")
+    assert code == 1
+    one_line(err, "--calibration-cases", "--int8")
+    sidecar = tmp_path / "m.tflite.json"
+    sidecar.write_text("mine")
+    code, err = run(capsys, "export", "--model", MODEL_2D, "--format", "litert", "--out", tmp_path / "m.tflite")
+    assert code == 1
+    one_line(err, "m.tflite.json", "--overwrite")
+    assert sidecar.read_text() == "mine" and not (tmp_path / "m.tflite").exists()
+
+
+def test_download_url_must_be_a_url(capsys, tmp_path):
+    code, err = run(capsys, "data", "download", "Task04_Hippocampus", "--out", tmp_path, "--url", "notaurl")
+    assert code == 1
+    one_line(err, "--url", "http://")
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["bench", "--cases", "3"], ["--cases", "--model"]),
+    (["bench", "--images", "x"], ["--images", "--model"]),
+    (["cv", "--data", "phantom", "--dims", "2", "--val-fraction", "0.5"], ["--val-fraction", "--folds"]),
+    (["course", "--student", "s", "--update"], ["--student", "--update"]),
+    (["train", "--data", "phantom", "--dims", "2", "--depth", "7"], ["patch_size", "smaller model depth"]),
+])
+def test_options_that_do_not_apply_or_do_not_fit(capsys, tmp_path, monkeypatch, argv, needles):
+    monkeypatch.chdir(tmp_path)
+    code, err = run(capsys, *argv)
+    assert code == 1
+    one_line(err, *needles)
+    assert not any(tmp_path.iterdir())
+
+
+def test_bench_refuses_a_csv_of_other_columns_before_measuring(capsys, tmp_path, monkeypatch):
+    import medseg_tf.benchmark
+
+    def measured(**_):
+        raise AssertionError("bench measured before checking --out")
+
+    monkeypatch.setattr(medseg_tf.benchmark, "bench", measured)
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    code, err = run(capsys, "bench", "--quick", "--out", other)
+    assert code == 1
+    one_line(err, "other.csv", "other columns")
+    assert other.read_text() == "a,b\n1,2\n"

@@ -37,6 +37,15 @@ def test_save_refuses_overwrite(tmp_path):
     assert load_nifti(path).data.max() == 1
 
 
+def test_save_refuses_a_folder_and_a_name_that_is_not_nifti(tmp_path):
+    (tmp_path / "out.nii.gz").mkdir()
+    with pytest.raises(DataError, match="is a folder"):
+        save_nifti(np.zeros((2, 2, 2), np.uint8), tmp_path / "out.nii.gz", affine=np.eye(4), overwrite=True)
+    with pytest.raises(DataError, match=r"must end in \.nii or \.nii\.gz"):
+        save_nifti(np.zeros((2, 2, 2), np.uint8), tmp_path / "new.txt", affine=np.eye(4))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nii.gz"]  # no temporary file left
+
+
 @pytest.mark.parametrize("flips", [(), (0,), (0, 1), (2,)])
 def test_reorient_to_ras_and_back(rng, flips):
     data = rng.integers(0, 100, size=(4, 5, 6)).astype(np.int16)
