@@ -78,7 +78,7 @@ def training() -> None:
     torch = torch[torch["date"].notna()].drop_duplicates(["net", "precision"], keep="last")  # newest of each
     print(f"Keras rows {keras['date'].min()} to {keras['date'].max()}, PyTorch rows {torch['date'].min()} to "
           f"{torch['date'].max()} "
-          f"({torch['framework'].iloc[0]}), {int(torch['cores'].iloc[0])} cores\n")
+          f"({torch['framework'].iloc[0]}), {int(torch['cores'].iloc[0])} cores:\n")
     print("| model | precision | Keras pipeline | Keras synthetic | PyTorch + MONAI synthetic | "
           "ratio (pipeline) | ratio (synthetic) |")
     print("|---|---|---|---|---|---|---|")
@@ -92,7 +92,7 @@ def training() -> None:
             p, s, r = (float(x["samples_per_s"].iloc[0]) for x in (pipe, synth, t))
             print(f"| {dims}D | {precision} / {torch_precision} | {p:.2f} | {s:.2f} | {r:.2f} | {p / r:.2f}x | "
                   f"{s / r:.2f}x |")
-    print("\nsamples (volumes or slices) per second, median of the repeats, after warm-up")
+    print("\nSamples (volumes or slices) per second, median of the repeats, after warm-up.")
     # what a student gets: the course's default precision (3D mixed_bfloat16 on a CPU with native bfloat16,
     # 2D float32; medseg_tf.runtime.resolve_runtime) through the pipeline, against PyTorch's default, float32
     parts = []
@@ -103,7 +103,7 @@ def training() -> None:
             rate, ref = float(k["samples_per_s"].iloc[0]), float(t["samples_per_s"].iloc[0])
             parts.append(f"{dims}D {rate / ref:.2f}x ({precision} {rate:.2f} vs {ref:.2f})")
     if parts:
-        print("course defaults through the pipeline against PyTorch + MONAI in float32: " + ", ".join(parts))
+        print("\nCourse defaults through the pipeline against PyTorch + MONAI in float32: " + ", ".join(parts) + ".")
 
 
 def main() -> int:

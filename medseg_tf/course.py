@@ -27,6 +27,7 @@ from __future__ import annotations
 import ast
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -438,10 +439,27 @@ WORDS_PER_MINUTE = 100
 MINUTES_PER_EXERCISE = 10
 
 
+_EXERCISES_HEADING = re.compile(r"^#+[^\n]*\bExercises?\b[^\n]*$", re.M)
+_EXERCISE_ITEM = re.compile(r"^(?:\*\*)?(?:Exercise\s+)?(\d+)(?:\.\s|\.\*\*|\s\()", re.M)
+
+
+def count_exercises(nb) -> int:
+    """Exercises of a notebook: the numbered items (``1. ...``, ``**1.**``, ``**Exercise 1.**``) under its
+    "Exercises" heading, in the prose students see; without such a heading, the blocks of solution cells."""
+    text = "\n\n".join(c.source for c in nb.cells if c.cell_type == "markdown" and not is_solution(c))
+    numbers = set()
+    for heading in _EXERCISES_HEADING.finditer(text):
+        rest = text[heading.end():]
+        end = re.search(r"^#+ ", rest, re.M)
+        numbers |= {int(n) for n in _EXERCISE_ITEM.findall(rest[:end.start()] if end else rest)}
+    if numbers:
+        return len(numbers)
+    return sum(1 for prev, cell in zip(nb.cells, nb.cells[1:]) if is_solution(cell) and not is_solution(prev))
+
+
 def notebook_stats(nb) -> dict:
-    """Code cells, words of prose (markdown) and exercises (solution cells following a markdown cell)."""
-    exercises = sum(1 for prev, cell in zip(nb.cells, nb.cells[1:])
-                    if is_solution(cell) and not is_solution(prev))
+    """Code cells, words of prose (markdown) and exercises (:func:`count_exercises`)."""
+    exercises = count_exercises(nb)
     words = sum(len(c.source.split()) for c in nb.cells if c.cell_type == "markdown")
     return {"code_cells": sum(c.cell_type == "code" for c in nb.cells), "words": words, "exercises": exercises}
 

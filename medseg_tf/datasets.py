@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg_tf.errors import DataError, OverwriteError
+from medseg_tf.errors import ConfigError, DataError, OverwriteError
 from medseg_tf.io import Volume, case_id, load_nifti, nifti_files, reorient_to_ras, save_nifti
 
 __all__ = ["Case", "MSDDataset", "write_msd_dataset", "check_dataset",
@@ -160,7 +160,7 @@ class MSDDataset:
         for c in self.cases:
             if c.case_id == key:
                 return c
-        raise KeyError(f"no case {key!r} in {self.root}")
+        raise DataError(self.root / "dataset.json", f"lists no case {key!r}")
 
     def load_case(self, key: int | str, *, ras: bool = True) -> tuple[Volume, Volume]:
         """Load and validate one case.
@@ -276,6 +276,14 @@ def validate_pair(image: Volume, label: Volume, *, allowed_labels: set[int] | No
 def split_cases(case_ids: list[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:
     """Split case ids (never slices) into training and validation lists, seeded.
 
+    Parameters
+    ----------
+    case_ids : list of str
+    val_fraction : float
+        Share of the cases to validate on, ``0 <= val_fraction < 1``.
+    seed : int
+        Seed of the permutation that draws the validation cases.
+
     Returns
     -------
     train, val : list of str
@@ -285,6 +293,8 @@ def split_cases(case_ids: list[str], val_fraction: float = 0.2, seed: int = 0) -
     n = len(case_ids)
     if n == 0:
         raise ValueError("cannot split an empty list of cases")
+    if not 0 <= val_fraction < 1:
+        raise ConfigError("val_fraction", f"must be >= 0 and < 1, got {val_fraction}")
     n_val = max(1, int(round(n * val_fraction))) if n >= 2 and val_fraction > 0 else 0
     order = np.random.default_rng(seed).permutation(n)
     val_idx = set(order[:n_val].tolist())

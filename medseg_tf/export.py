@@ -266,6 +266,9 @@ def export_model(model_path: str | os.PathLike, fmt: str, out: str | os.PathLike
     out = Path(out)
     _check_out(out, fmt, overwrite)
     model, config = load_keras(model_path)
+    if not config:  # a .keras file with no config.json beside it
+        raise DataError(Path(model_path).parent / "config.json", "not found; an export carries the training "
+                        "config (dims, normalisation, patch) that prediction needs, so keep it next to the .keras file")
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx":
         _export_onnx(model, config, out, opset)
@@ -472,9 +475,10 @@ def load_predictor(path: str | os.PathLike, *, threads: int | None = None):
 
     Returns
     -------
-    (callable, dict, str)
+    (callable, RunSpec or dict, str)
         The predictor (``x (N, *spatial, Cin) -> probabilities``, with an
-        ``input_shape`` attribute), the config, and the format name
+        ``input_shape`` attribute), the config (a :class:`RunSpec`; a plain
+        dict, possibly empty, for a ``.keras`` file without ``config.json``), and the format name
         (``"keras"``, ``"onnx"``, ``"litert"``, ``"saved_model"``).
     """
     path = Path(path)
@@ -491,9 +495,18 @@ def load_predictor(path: str | os.PathLike, *, threads: int | None = None):
         sidecar = path.with_name(path.name + ".json")
         if not sidecar.is_file():
             raise DataError(sidecar, "not found; it holds the training config of the LiteRT model")
-        raw = json.loads(sidecar.read_text())
+        try:
+            raw = json.loads(sidecar.read_text())
+        except ValueError as exc:
+            raise DataError(sidecar, f"malformed JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise DataError(sidecar, f"expected a JSON object, got {type(raw).__name__}")
         raw.pop("litert_quantize", None)  # how the file was quantised, not a run setting
-        return _LiteRTPredictor(path, threads), RunSpec.coerce(raw), "litert"
+        try:
+            config = RunSpec.coerce(raw)
+        except ConfigError as exc:
+            raise DataError(sidecar, str(exc)) from None
+        return _LiteRTPredictor(path, threads), config, "litert"
     if path.is_dir() and (path / "saved_model.pb").is_file():
         return _SavedModelPredictor(path), RunSpec.load(path), "saved_model"
     model, config = load_keras(path)
@@ -537,7 +550,7 @@ def compare_exports(models: Mapping[str, str | os.PathLike], images: Sequence[st
 
     from medseg_tf import io
     from medseg_tf.metrics import dice
-    from medseg_tf.sliding import labels_from_probs, predict_image, prepare_image
+    from medseg_tf.sliding import labels_from_probs, predict_image, predict_ras_probabilities, prepare_image
 
     names = list(models)
     reference = reference or names[0]
@@ -555,10 +568,9 @@ def compare_exports(models: Mapping[str, str | os.PathLike], images: Sequence[st
         for vol in vols:
             best = []
             for _ in range(max(1, int(repeats))):
-                start = time.perf_counter()
-                image, _ = prepare_image(vol, config)
-                probs = predict_image(predictor, image, config, batch_size=batch_size, fixed=fixed)
-                lab = labels_from_probs(probs)
+                start = time.perf_counter()  # normalise, predict, resample back if the spec resamples, argmax
+                lab = labels_from_probs(predict_ras_probabilities(predictor, vol, config, batch_size=batch_size,
+                                                                  fixed=fixed))
                 best.append(time.perf_counter() - start)
             times.append(float(np.median(best)))
             outs.append(io.reorient_from_ras(lab, vol))

@@ -343,8 +343,9 @@ def predict_case(model, image_path: str | os.PathLike, config: Mapping, *, tta: 
         The trained model.
     image_path : path
         A ``.nii.gz`` image, 3D ``(X, Y, Z)``.
-    config : mapping
-        Training configuration (keys in this module's docstring; ``dims`` required).
+    config : RunSpec or mapping
+        Training configuration (keys in this module's docstring), completed with the
+        :class:`~medseg_tf.runspec.RunSpec` defaults: give ``dims`` for a 3D model (the default is 2).
     tta : bool
         Flip test-time augmentation.
     lcc : bool

@@ -2,8 +2,8 @@
 
 A NIfTI file holds a voxel array and a 4x4 *affine* matrix that maps voxel
 indices ``(i, j, k, 1)`` to world coordinates in millimetres. NIfTI world space
-is RAS+ (x grows to the patient's Right... no: to the patient's *Left*-to-*Right*
-means x increases towards the Right, y towards Anterior, z towards Superior).
+is RAS+: x increases towards the patient's Right, y towards Anterior, z towards
+Superior.
 The voxel axes themselves may be stored in any order and direction; the
 *orientation* codes (e.g. ``('L', 'P', 'S')``) say where each voxel axis points.
 
@@ -177,8 +177,8 @@ def save_nifti(data: np.ndarray, path: str | os.PathLike, *, affine: np.ndarray 
     header = None
     if reference is not None:
         if tuple(data.shape[:3]) != tuple(reference.shape[:3]):
-            raise ValueError(f"data shape {data.shape} does not match the reference image "
-                             f"{reference.path} of shape {reference.shape}")
+            raise DataError(path, f"data shape {data.shape} does not match the reference image "
+                                  f"{reference.path} of shape {reference.shape}")
         affine = reference.affine if affine is None else affine
         if reference.header is not None:
             header = reference.header.copy()

@@ -90,6 +90,9 @@ def _prepare(y_true, y_pred):
     num_classes = y_pred.shape[-1]
     if num_classes is None:
         raise ValueError("the number of classes (last axis of y_pred) must be known")
+    if num_classes < 2:
+        raise ValueError("y_pred must hold C >= 2 softmax probabilities (background included); a one-channel "
+                         "sigmoid output is not supported by these losses")
     return one_hot_labels(y_true, num_classes), y_pred
 
 
@@ -178,7 +181,7 @@ def soft_dice_loss(y_true, y_pred, *, include_background: bool = False, per_samp
 def cross_entropy(y_true, y_pred, *, class_weights: Sequence[float] | None = None):
     """Categorical cross-entropy, averaged over all voxels of the batch.
 
-    ``-mean(w[y] * log(p_y))`` with ``p`` clipped to ``[EPSILON, 1]``; with
+    ``-mean(log(p_y))`` with ``p`` clipped to ``[EPSILON, 1]``; with
     ``class_weights`` the weighted mean ``sum(w[y] * -log p_y) / sum(w[y])``.
 
     Parameters
@@ -449,7 +452,10 @@ class DiceScore(keras.metrics.Metric):
                                        dtype="float32", name="total", aggregation="sum")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        """Add one batch: ``y_true`` (B, *spatial[, 1]) labels, ``y_pred`` (B, *spatial, C)."""
+        """Add one batch: ``y_true`` (B, *spatial[, 1]) labels, ``y_pred`` (B, *spatial, C).
+
+        ``sample_weight`` is ignored: this global Dice counts every voxel of the epoch once.
+        """
         truth, prob = _prepare(y_true, y_pred)
         pred = one_hot_labels(ops.argmax(prob, axis=-1), self.num_classes)
         axes = tuple(range(len(prob.shape) - 1))

@@ -767,6 +767,11 @@ def evaluate_folder(pred_dir: str | os.PathLike, labels_dir: str | os.PathLike, 
             ref_path = alt
         pred_vol, ref_vol = io.load_nifti(pred_path), io.load_nifti(ref_path)
         pred_data, ref_data = np.asarray(pred_vol.data), np.asarray(ref_vol.data)
+        for path, arr in ((pred_path, pred_data), (ref_path, ref_data)):
+            if arr.ndim != 3 and not (arr.ndim == 4 and arr.shape[-1] == 1):
+                raise DataError(path, f"expected a 3D label map, got shape {arr.shape}")
+        pred_data = pred_data.reshape(pred_data.shape[:3])  # a stored (X, Y, Z, 1) map is (X, Y, Z)
+        ref_data = ref_data.reshape(ref_data.shape[:3])
         if pred_data.shape != ref_data.shape:
             raise DataError(pred_path, f"shape {pred_data.shape} differs from the reference's "
                                        f"{ref_data.shape} ({ref_path})")
@@ -789,8 +794,13 @@ def evaluate_folder(pred_dir: str | os.PathLike, labels_dir: str | os.PathLike, 
 def summarize(df, metrics: Sequence[str] | None = None):
     """Mean, standard deviation and median of each metric per class.
 
-    NaNs (only the relative volume difference can be NaN, for an empty
-    reference) are excluded and counted, never averaged silently.
+    Means are per case, then averaged (each case counts once, whatever its
+    size). Empty masks follow the module's rule: rows with both masks empty
+    count as Dice 1 and distance 0 (leave them out with
+    ``df[~df.ref_empty]``), a structure missed or hallucinated counts as Dice 0
+    and the worst-case distance. NaNs (only the relative volume difference can
+    be NaN, for an empty reference) are excluded and counted, never averaged
+    silently.
 
     Parameters
     ----------

@@ -31,8 +31,7 @@ from medseg_tf.errors import ConfigError, DataError
 from medseg_tf.postprocessing import keep_largest_component
 from medseg_tf.datasets import prediction_plan
 from medseg_tf.runspec import RunSpec
-from medseg_tf.sliding import (check_channels, labels_from_probs, predict_image, prepare_image,
-                               probabilities_from_logits)
+from medseg_tf.sliding import labels_from_probs, predict_ras_probabilities, prepare_image, probabilities_from_logits
 
 __all__ = ["CONFIG_KEY", "OnnxModel", "load_onnx", "predict_case_onnx", "predict_folder_onnx"]
 
@@ -57,7 +56,11 @@ class OnnxModel:
     ----------
     input_shape : tuple
         ``(batch, *spatial, channels)``, None where the size is free.
-    config : dict
+    config : RunSpec
+        The training configuration the file carries (or the one given).
+    path : pathlib.Path
+    fixed_spatial : tuple of int or None
+        The input's spatial size when the model fixes it (used as the sliding window), else None.
     """
 
     def __init__(self, path: str | os.PathLike, config: Mapping | None = None, *, threads: int | None = None):
@@ -155,15 +158,8 @@ def load_onnx(path: str | os.PathLike, config: Mapping | None = None, *, threads
 
 
 def _predict_loaded(model: OnnxModel, vol: io.Volume, *, lcc: bool, batch_size: int) -> np.ndarray:
-    config = model.config
-    image, spacing = prepare_image(vol, config)
-    check_channels(model, image, config, vol.path, model_path=model.path)
-    probs = predict_image(model.predict_batch, image, config, batch_size=batch_size, fixed=model.fixed_spatial)
-    if config.target_spacing is not None:
-        from medseg_tf import preprocessing
-
-        probs = preprocessing.resample_to_spacing(probs, config.target_spacing, spacing, order=1,
-                                                  shape=io.reorient_to_ras(vol).data.shape[:3])
+    probs = predict_ras_probabilities(model.predict_batch, vol, model.config, batch_size=batch_size,
+                                      fixed=model.fixed_spatial, model=model, model_path=model.path)
     labels = labels_from_probs(probs)
     if lcc:
         labels = keep_largest_component(labels)
@@ -187,9 +183,24 @@ def predict_folder_onnx(model: OnnxModel | str | os.PathLike, images_dir: str | 
                         overwrite: bool = False, progress: bool = True, batch_size: int = 16):
     """Predict every image of a folder with an ONNX model; write ``out_dir/<case>.nii.gz``.
 
-    Parameters as :func:`medseg_tf.inference.predict_folder`; ``tta=True`` is
-    refused (:class:`~medseg_tf.errors.ConfigError`): the ONNX path has no
-    test-time flips.
+    Parameters
+    ----------
+    model : OnnxModel or path
+        An :class:`OnnxModel` or the path of an ``.onnx`` file exported by :mod:`medseg_tf.export`.
+    images_dir : path
+        Folder of ``.nii.gz`` / ``.nii`` images, or an MSD folder (its ``imagesTr/``).
+    out_dir : path
+        Output folder of the label maps (uint8, each on its image's grid and affine).
+    tta : bool
+        Refused (:class:`~medseg_tf.errors.ConfigError`): the ONNX path has no test-time flips.
+    lcc : bool
+        Keep the largest connected component of each class.
+    overwrite : bool
+        Replace existing label maps (default: refuse with :class:`~medseg_tf.errors.OverwriteError`).
+    progress : bool
+        Show a progress bar.
+    batch_size : int
+        Slices (2D) or windows (3D) per model call.
 
     Returns
     -------

@@ -165,7 +165,7 @@ def _decorate(ax, plane: str | None, spacing, scale_mm: float | None) -> None:
 def overlay(ax, image: np.ndarray, label: np.ndarray | None = None, *, alpha: float = 0.45,
             title: str | None = None, plane: str | None = None, spacing=None,
             scale_mm: float | None = None) -> None:
-    """Show a 2D ``image`` (rows, cols) in grey with ``label`` (same shape, ints) on top.
+    """Show a 2D ``image`` ``(horizontal, vertical)`` in grey with ``label`` (same shape, ints) on top.
 
     The array's first axis runs left to right and its second bottom to top
     (``imshow(a.T, origin="lower")``); for a slice of a RAS volume this is the
@@ -319,7 +319,7 @@ def error_legend(target, *, loc: str = "lower right", **kwargs) -> None:
 def error_overlay(ax, image: np.ndarray, reference: np.ndarray, prediction: np.ndarray, *,
                   alpha: float = 0.75, title: str | None = None, legend: bool = False,
                   plane: str | None = None, spacing=None, scale_mm: float | None = None) -> None:
-    """Show a 2D ``image`` (rows, cols) in grey with the :func:`error_map` of a prediction on top.
+    """Show a 2D ``image`` ``(horizontal, vertical)`` in grey with the :func:`error_map` of a prediction on top.
 
     Same display convention as :func:`overlay` (first axis left to right,
     second bottom to top). Matches are green, false positives yellow, false

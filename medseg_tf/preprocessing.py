@@ -211,8 +211,10 @@ def resample_to_spacing(array: np.ndarray, spacing: Sequence[float], target_spac
     Returns
     -------
     np.ndarray
-        Same dtype for ``order=0``, float32 otherwise. Voxel centres keep the
-        same physical extent (``grid_mode=True``).
+        Same dtype for ``order=0``, float32 otherwise. The field of view is kept
+        (``grid_mode=True``): the outer voxel *edges* coincide, so the first output
+        voxel centre lies ``(target_spacing - spacing) / 2`` mm from the first input
+        centre along each axis (shift the affine's origin by that much).
     """
     array = np.asarray(array)
     spatial = array.shape[:3]

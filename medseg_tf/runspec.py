@@ -161,7 +161,7 @@ def _check_unet_kwargs(model_kwargs: Mapping) -> None:
                 value = _as_int(key, model_kwargs[key])
             except ConfigError:
                 raise ConfigError("model", f"{key} must be an integer, got {model_kwargs[key]!r}") from None
-            low = 0 if key == "depth" else 1  # depth 0: no pooling, a plain fully convolutional net
+            low = 0 if key == "depth" else 1  # depth 0: divisor 1, a model that never pools (not models.unet)
             if value < low:
                 raise ConfigError("model", f"{key} must be >= {low}, got {value}")
     norm = model_kwargs.get("norm")

@@ -38,6 +38,7 @@ __all__ = [
     "predict_windows",
     "predict_image",
     "prepare_image",
+    "predict_ras_probabilities",
     "check_channels",
     "labels_from_probs",
 ]
@@ -292,6 +293,34 @@ def check_channels(model, image: np.ndarray, spec: RunSpec, path, model_path=Non
             raise DataError(path, f"has {got} (shape {image.shape}), which does not fit the model "
                                   f"{Path(model_path).name}: it takes {takes}")
         raise DataError(path, f"has {got} (shape {image.shape}) but the model takes {takes}")
+
+
+def predict_ras_probabilities(predict_batch: PredictBatch, vol: io.Volume, config: RunSpec | Mapping, *,
+                               batch_size: int = 16, fixed: Sequence[int] | None = None, model=None,
+                               model_path=None) -> np.ndarray:
+    """Class probabilities of a loaded image on its own grid, in RAS voxel order (any model runtime).
+
+    :func:`prepare_image`, :func:`predict_image`, and, when the spec has a ``target_spacing``, linear
+    resampling of the probabilities back to the image's RAS grid. ``predict_batch`` is any callable
+    that maps a float32 batch ``(N, *spatial, Cin)`` to probabilities ``(N, *spatial, C)`` (Keras,
+    ONNX Runtime, LiteRT, SavedModel). With ``model`` (anything with an ``input_shape``), the image's
+    channels are checked against it first (:func:`check_channels`, naming ``model_path`` if given).
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``(X, Y, Z, C)``: ``io.reorient_to_ras(vol)``'s shape with the classes last; undo the
+        RAS order of a label map made from it with :func:`medseg_tf.io.reorient_from_ras`.
+    """
+    spec = RunSpec.coerce(config)
+    image, spacing = prepare_image(vol, spec)
+    if model is not None:
+        check_channels(model, image, spec, vol.path, model_path=model_path)
+    probs = predict_image(predict_batch, image, spec, batch_size=batch_size, fixed=fixed)
+    if spec.target_spacing is not None:
+        probs = preprocessing.resample_to_spacing(probs, spec.target_spacing, spacing, order=1,
+                                                  shape=io.reorient_to_ras(vol).data.shape[:3])
+    return probs
 
 
 def labels_from_probs(probs: np.ndarray) -> np.ndarray:

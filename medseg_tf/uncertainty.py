@@ -605,4 +605,12 @@ def read_calibration(run_dir: str | os.PathLike) -> dict | None:
         missing = [k for k in needed if not isinstance(ood, dict) or k not in ood]
         if missing:
             raise DataError(path, f"'ood' lacks {', '.join(missing)}")
+        for key in ("median", "scale"):
+            lacking = sorted(set(OOD_FEATURES) - set(ood[key] if isinstance(ood[key], dict) else ()))
+            if lacking:
+                raise DataError(path, f"'ood.{key}' lacks {', '.join(lacking)}")
+        levels = ood.get("levels", QUANTILE_LEVELS)
+        if not isinstance(ood["reference_quantiles"], list) or len(ood["reference_quantiles"]) != len(levels):
+            raise DataError(path, f"'ood.reference_quantiles' must be a list of {len(levels)} numbers, one per "
+                                  "quantile level")
     return data

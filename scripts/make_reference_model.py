@@ -94,7 +94,7 @@ def onnx_section(dest: Path, dataset, val_ids: list[str]) -> str:
         b, _ = predict_case_onnx(onnx_model, path)
         equal, total = equal + int((a == b).sum()), total + a.size
     return (f"`model.onnx` ({(dest / 'model.onnx').stat().st_size / 1e6:.1f} MB, exported by "
-            f"`python -m medseg_tf export --model {dest.as_posix()} --format onnx`) gives the Keras model's labels "
+            f"`python -m medseg_tf export --model {dest.as_posix()} --format onnx --out {dest.as_posix()}/model.onnx`) gives the Keras model's labels "
             f"on {100 * equal / total:.3f} % of the voxels of the {len(val_ids)} held-out cases (measured by "
             f"`python scripts/make_reference_model.py`); `python -m medseg_tf predict --model "
             f"{dest.as_posix()}/model.onnx ...` runs it with onnxruntime, without TensorFlow.")
@@ -263,7 +263,7 @@ Empty masks: see `medseg_tf.metrics` (no case here has an empty reference).
 {chr(10).join(rows)}
 
 For reference, nnU-Net reports about 0.90 (Anterior) and 0.89 (Posterior) Dice after a full GPU training
-(5-fold cross-validation on all 260 cases; not the same split).
+(on the MSD test cases, whose labels are not public: other cases than these).
 """
 
 

@@ -334,3 +334,21 @@ def test_course_side_by_side_stops_at_a_failing_notebook(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "00_fails.ipynb failed in cell 0" in err and "broken on purpose" in err
     assert not (tmp_path / "out" / "notebooks" / "00_fails.ipynb").exists()
+
+
+def test_count_exercises_reads_the_numbered_items_under_the_exercises_heading():
+    listed = new_notebook(cells=[
+        new_markdown_cell("## 3. Something\n\n1. not an exercise"),
+        new_markdown_cell("## Exercises\n\n1. **By hand.** One.\n2. Two, whose side is a multiple of\n   16) "
+                          "and wraps.\n3. Three."),
+        new_code_cell("# answer 1\nprint(1)", metadata={"tags": ["solution"]}),
+        new_markdown_cell("**1.** The answer.", metadata={"tags": ["solution"]}),
+        new_markdown_cell("## Summary\n\n1. not an exercise either")])
+    assert course.count_exercises(listed) == 3
+    cells = new_notebook(cells=[
+        new_markdown_cell("## Exercises\n\n**Exercise 1 (CT windows).** One."),
+        new_code_cell("x = 1", metadata={"tags": ["solution"]}),
+        new_markdown_cell("**Exercise 2.** Two."),
+        new_markdown_cell("**3.** Three.")])
+    assert course.count_exercises(cells) == 3
+    assert course.count_exercises(new_notebook(cells=[c.copy() for c in EXERCISE])) == 1  # no heading: blocks

@@ -182,3 +182,12 @@ def test_real_hippocampus_cases(hippocampus_root):
         np.testing.assert_allclose(image.spacing, (1.0, 1.0, 1.0), atol=1e-3)
         assert set(np.unique(label.data).tolist()) == {0, 1, 2}
         assert image.orientation == ("R", "A", "S")
+
+
+def test_split_fraction_and_unknown_case_are_named(tmp_path, phantom_root):
+    from medseg_tf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="val_fraction must be >= 0 and < 1, got 1.0"):
+        split_cases(["a", "b", "c"], val_fraction=1.0)
+    with pytest.raises(DataError, match=r"dataset.json: lists no case 'nope'"):
+        MSDDataset(phantom_root).case("nope")

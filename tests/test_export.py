@@ -169,6 +169,51 @@ def test_export_refusals(tiny3d, tmp_path):
         export.export_model(bad, "onnx", tmp_path / "m.onnx")
 
 
+def test_exports_need_their_config_and_read_it_with_file_names(tiny3d, tmp_path):
+    import shutil
+
+    run, _ = tiny3d
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(run / "model.keras", bare / "model.keras")   # a .keras file without config.json beside it
+    with pytest.raises(DataError, match=r"config.json: not found; an export carries the training config"):
+        export.export_model(bare / "model.keras", "onnx", tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+    tflite = tmp_path / "m.tflite"
+    tflite.write_bytes(b"")
+    for text, problem in (("{oops", "malformed JSON"), ("[1, 2]", "expected a JSON object"),
+                          ('{"dims": 7}', "dims")):
+        (tmp_path / "m.tflite.json").write_text(text)
+        with pytest.raises(DataError, match=rf"m.tflite.json: .*{problem}"):
+            export.load_predictor(tflite)
+
+
+@pytest.mark.slow
+def test_compare_exports_resamples_back_like_predict(tiny3d, phantom_root, tmp_path):
+    """A run that trains on another spacing predicts on it and is scored on the label's own grid."""
+    import shutil
+
+    from medseg_tf.inference import predict_folder
+
+    run, _ = tiny3d
+    resampled = tmp_path / "run"
+    shutil.copytree(run, resampled)
+    config = json.loads((resampled / "config.json").read_text())
+    (resampled / "config.json").write_text(json.dumps({**config, "target_spacing": [1.5, 1.5, 1.5]}))
+    images, labels = _images(phantom_root, 1)
+    table = export.compare_exports({"keras": resampled}, images, labels, progress=False)
+    assert {"dice_1", "dice_2"} <= set(table.columns)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / images[0].name).symlink_to(images[0])
+    predict_folder(resampled, folder, tmp_path / "pred", progress=False)
+    ref = io.load_nifti(labels[0]).data
+    pred = io.load_nifti(tmp_path / "pred" / images[0].name).data
+    from medseg_tf.metrics import dice
+
+    assert table["dice_1"].iloc[0] == pytest.approx(dice(pred == 1, ref == 1), abs=1e-6)
+
+
 def test_cli_export_one_line_errors_and_no_overwrite(tiny3d, tmp_path, capsys):
     run, _ = tiny3d
     out = tmp_path / "m.onnx"

@@ -383,3 +383,17 @@ def test_numpy_layer_does_not_import_tensorflow():
             "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_evaluate_folder_takes_a_trailing_channel_and_names_other_shapes(tmp_path):
+    ref = np.zeros((6, 7, 5), np.uint8)
+    ref[2:4, 2:5, 1:4] = 1
+    for sub in ("pred", "ref"):
+        (tmp_path / sub).mkdir()
+    io.save_nifti(ref, tmp_path / "ref" / "c.nii.gz", affine=np.eye(4))
+    io.save_nifti(ref[..., None], tmp_path / "pred" / "c.nii.gz", affine=np.eye(4))   # (X, Y, Z, 1)
+    table = metrics.evaluate_folder(tmp_path / "pred", tmp_path / "ref", progress=False)
+    assert table["dice"].tolist() == [1.0]
+    io.save_nifti(np.stack([ref, ref], -1), tmp_path / "pred" / "c.nii.gz", affine=np.eye(4), overwrite=True)
+    with pytest.raises(DataError, match=r"pred/c.nii.gz: expected a 3D label map, got shape \(6, 7, 5, 2\)"):
+        metrics.evaluate_folder(tmp_path / "pred", tmp_path / "ref", progress=False)

@@ -148,6 +148,17 @@ def test_calibration_file_round_trip(tmp_path):
     (tmp_path / "calibration.json").write_text("{oops")
     with pytest.raises(DataError, match="not valid JSON"):
         U.read_calibration(tmp_path)
+    # an OOD entry is checked where the file is read, not in the middle of predicting a folder
+    ood = {"threshold": 3.0, "median": {k: 0.0 for k in U.OOD_FEATURES}, "scale": {"entropy_near": 1.0},
+           "reference_quantiles": [0.0] * len(U.QUANTILE_LEVELS)}
+    (tmp_path / "calibration.json").write_text(json.dumps({"temperature": 1.0, "ood": ood}))
+    with pytest.raises(DataError, match=r"calibration.json: 'ood.scale' lacks intensity_distance, log_foreground"):
+        U.read_calibration(tmp_path)
+    ood["scale"] = {k: 1.0 for k in U.OOD_FEATURES}
+    ood["reference_quantiles"] = [0.0, 1.0]
+    (tmp_path / "calibration.json").write_text(json.dumps({"temperature": 1.0, "ood": ood}))
+    with pytest.raises(DataError, match="reference_quantiles"):
+        U.read_calibration(tmp_path)
 
 
 def test_corrupt_volume_kinds():
