@@ -89,4 +89,3 @@ def test_bad_files_name_the_file(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(DataError, match="JSON object"):
         RunSpec.load(tmp_path)
-
