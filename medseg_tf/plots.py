@@ -251,14 +251,19 @@ def triplanar(image: np.ndarray, label: np.ndarray | None = None, spacing=(1.0, 
     return fig
 
 
-def label_legend(ax, names: dict[int, str] | list[str], *, loc: str = "lower right") -> None:
-    """Add a legend of label colours (label 0 omitted) to ``ax``."""
+def label_legend(ax, names: dict[int, str] | list[str], *, loc: str = "lower right", **kwargs) -> None:
+    """Add a legend of label colours (label 0 omitted) to ``ax``, an Axes or a whole Figure.
+
+    On a figure, place it outside the panels so that it covers no anatomy, e.g.
+    ``label_legend(fig, names, loc="lower center", ncol=2, bbox_to_anchor=(0.5, -0.06))``;
+    ``kwargs`` go to ``legend``.
+    """
     from matplotlib.patches import Patch
 
     items = names.items() if isinstance(names, dict) else enumerate(names)
     handles = [Patch(color=LABEL_COLORS[(int(k) - 1) % len(LABEL_COLORS)], label=f"{k}: {v}")
                for k, v in items if int(k) != 0]
-    ax.legend(handles=handles, loc=loc, fontsize=8, framealpha=0.8)
+    ax.legend(handles=handles, loc=loc, fontsize=8, framealpha=0.8, **kwargs)
 
 
 # --------------------------------------------------------------------------- evaluation figures
