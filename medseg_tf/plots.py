@@ -484,6 +484,9 @@ def metric_boxplots(df, metrics, *, x: str = "class", hue: str | None = None,
         Panels per row (default: all in one row); more metrics wrap onto
         further rows, so a figure stays readable on a slide.
 
+    Boxes show the quartiles and whiskers the minimum and maximum (every case counts; a note under the
+    figure says so); scores bounded by [0, 1] (Dice, IoU, NSD ...) are drawn on that whole range.
+
     Returns
     -------
     matplotlib.figure.Figure
@@ -517,9 +520,19 @@ def metric_boxplots(df, metrics, *, x: str = "class", hue: str | None = None,
         ax.set_title(titles.get(metric, metric), fontsize=10)
         ax.set_xlabel("")
         ax.set_ylabel("")
+        bounded = metric in _UNIT_INTERVAL_METRICS
+        if bounded:  # scores in [0, 1] on their whole range, so that figures compare at a glance
+            ax.set_ylim(0, 1.02)
         if hue and i == 0 and ax.get_legend() is not None:
+            if bounded:
+                sns.move_legend(ax, "lower left")   # scores seldom sit near 0: the legend hides no box there
             ax.get_legend().set_title(None)
             for text in ax.get_legend().get_texts():
                 text.set_fontsize(9)
     fig.tight_layout()
+    fig.text(0.01, 0.0, "boxes: quartiles; whiskers: minimum to maximum; dots: cases", fontsize=8, va="top")
     return fig
+
+
+#: Metrics bounded by [0, 1], drawn by :func:`metric_boxplots` on that whole range.
+_UNIT_INTERVAL_METRICS = {"dice", "iou", "nsd", "precision", "recall", "f1", "accuracy", "specificity"}
