@@ -26,14 +26,21 @@ NETS = {2: "2d_d4_f16_ctx2", 3: "3d_d4_f16_max64"}
 TORCH_PRECISION = {"float32": "float32", "mixed_bfloat16": "bfloat16"}
 
 
-def prediction(name: str = "bench.csv") -> None:
+def _newest(name: str, keep=None):
+    """Rows of the newest run in ``benchmarks/<name>`` (``keep``: a row filter first), or None with a note."""
     path = HERE / name
     if not path.is_file():
         print(f"{name}: not measured yet; run benchmarks/prediction_rows.sh\n")
-        return
+        return None
     rows = pd.read_csv(path)
-    rows = rows[(rows["kind"] == "predict") & rows["e2e_ms_per_volume"].notna()]
-    rows = rows[rows["date"] == rows["date"].max()]
+    rows = rows[keep(rows)] if keep is not None else rows
+    return rows[rows["date"] == rows["date"].max()]
+
+
+def prediction(name: str = "bench.csv") -> None:
+    rows = _newest(name, lambda r: (r["kind"] == "predict") & r["e2e_ms_per_volume"].notna())
+    if rows is None:
+        return
     print(f"Prediction end to end, {rows['date'].iloc[0]}, {rows['device'].iloc[0]} ({rows['cpu'].iloc[0]}):\n")
     print("| model | runtime | precision | ms per volume | mean Dice | labels equal to the float32 model's |")
     print("|---|---|---|---|---|---|")
@@ -44,12 +51,9 @@ def prediction(name: str = "bench.csv") -> None:
 
 
 def exports(name: str = "exports.csv") -> None:
-    path = HERE / name
-    if not path.is_file():
-        print(f"{name}: not measured yet; run benchmarks/prediction_rows.sh\n")
+    rows = _newest(name)
+    if rows is None:
         return
-    rows = pd.read_csv(path)
-    rows = rows[rows["date"] == rows["date"].max()]
     dice = [c for c in rows.columns if c.startswith("dice_")]
     print(f"Export formats, {rows['date'].iloc[0]}, {rows['device'].iloc[0]} ({rows['cpu'].iloc[0]}), "
           f"{int(rows['cases'].iloc[0])} held-out cases per model:\n")

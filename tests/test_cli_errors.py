@@ -37,6 +37,14 @@ def one_line(err: list[str], *needles: str) -> str:
     return err[0]
 
 
+def _set_first_voxel(path: Path, value: int) -> None:
+    """Rewrite a label map with ``value`` in its first voxel (a label no dataset.json declares)."""
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj).copy()
+    data[0, 0, 0] = value
+    nib.save(nib.Nifti1Image(data, img.affine), str(path))
+
+
 # ----------------------------------------------------------------------------- option values
 @pytest.mark.parametrize("argv, flag", [
     (["train", "--data", "phantom", "--epochs", "0"], "--epochs"),
@@ -214,10 +222,7 @@ def test_evaluate_takes_an_msd_folder_and_prints_units(capsys, tmp_path, predict
 
 def test_evaluate_refuses_undeclared_labels(capsys, tmp_path, predictions):
     path = sorted(predictions.iterdir())[0]
-    img = nib.load(str(path))
-    data = np.asanyarray(img.dataobj).copy()
-    data[0, 0, 0] = 7
-    nib.save(nib.Nifti1Image(data, img.affine), str(path))
+    _set_first_voxel(path, 7)
     code, err = run(capsys, "evaluate", "--pred", predictions, "--labels", SAMPLE, "--out", tmp_path / "m.csv")
     assert code == 1
     one_line(err, path.name, "7", "outside the declared labels")
@@ -329,10 +334,7 @@ def test_evaluate_without_dataset_json_says_which_labels_it_scored(capsys, tmp_p
     labels = tmp_path / "labels"
     shutil.copytree(predictions, labels)
     path = sorted(labels.iterdir())[0]
-    img = nib.load(str(path))
-    data = np.asanyarray(img.dataobj).copy()
-    data[0, 0, 0] = 7
-    nib.save(nib.Nifti1Image(data, img.affine), str(path))
+    _set_first_voxel(path, 7)
     code, err = run(capsys, "evaluate", "--pred", predictions, "--labels", labels, "--out", tmp_path / "m.csv",
                     "--no-progress")
     assert code == 0
@@ -341,10 +343,7 @@ def test_evaluate_without_dataset_json_says_which_labels_it_scored(capsys, tmp_p
 
 def test_declared_labels_are_listed_once(capsys, tmp_path, predictions):
     path = sorted(predictions.iterdir())[0]
-    img = nib.load(str(path))
-    data = np.asanyarray(img.dataobj).copy()
-    data[0, 0, 0] = 3
-    nib.save(nib.Nifti1Image(data, img.affine), str(path))
+    _set_first_voxel(path, 3)
     code, err = run(capsys, "evaluate", "--pred", predictions, "--labels", SAMPLE, "--out", tmp_path / "m.csv")
     assert code == 1
     one_line(err, path.name, "declared labels {0, 1, 2} of dataset.json")
