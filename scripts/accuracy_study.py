@@ -16,6 +16,7 @@ Usage (from the repository root; one study at a time on a 2-core machine)::
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py shift_tta
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py shift_tta_test
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py canvas_test
+    MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py cv_shift_tta
 
 ``shipped`` trains nothing: it scores the shipped models, their 2D+3D ensemble and the largest-component
 post-processing on both halves (``benchmarks/accuracy/shipped_metrics.csv``). The same command run on the
@@ -366,6 +367,64 @@ def score_shift_tta(half: str = "select") -> int:
     return 0
 
 
+def score_cv_shift_tta(folds: int = 5) -> int:
+    """Translation test-time augmentation (and LCC) on the 2D cross-validation folds (prediction only).
+
+    The shift chosen on the select half (``shift_tta``: 4 placements of +-4 voxels in the slice plane)
+    was read once on the test half and not adopted then; here each ``cv_2d`` fold model scores its own
+    40 validation cases with and without it, with and without largest-component post-processing, so
+    every variant scores all 200 cases by a model that never trained on them
+    (``cv_shift_tta_metrics.csv``). The plain rows must reproduce ``cv_2d_metrics.csv``.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from medseg_tf import io, settings
+    from medseg_tf.crossval import paired_difference, summarize_folds
+    from medseg_tf.inference import load_run
+    from medseg_tf.postprocessing import keep_largest_component
+    from medseg_tf.metrics import case_metrics
+    from medseg_tf.sliding import labels_from_probs, prepare_image
+    from medseg_tf.sources import open_dataset
+
+    dataset = open_dataset("hippocampus")
+    names = {i: n for i, n in enumerate(dataset.class_names) if i}
+    root = settings.runs_dir() / "study" / "cv_2d"
+    rows = []
+    for fold in range(folds):
+        run = root / f"fold_{fold}"
+        if not (run / "model.keras").is_file():
+            sys.exit(f"{run}: no trained fold model; run `accuracy_study.py cv_2d` first")
+        model, spec = load_run(run)
+        for case_id in json.loads((run / "split.json").read_text())["val"]:
+            case = dataset.case(case_id)
+            vol, reference = io.load_nifti(case.image_path), io.load_nifti(case.label_path)
+            truth = np.asarray(reference.data).astype(np.int64)
+            image, _ = prepare_image(vol, spec)
+            for reach in (0, 4):
+                probs, placements = _shifted_probabilities(model, spec, image, reach)
+                ras = labels_from_probs(probs)
+                for lcc in (False, True):
+                    labels = io.reorient_from_ras(keep_largest_component(ras) if lcc else ras, vol)
+                    recipe = "2d" + (f" shift {reach} x{placements}" if reach else "") + (" +lcc" if lcc else "")
+                    for row in case_metrics(labels, truth, reference.spacing, names, 1.0):
+                        rows.append({"fold": fold, "recipe": recipe, "case": case_id, **row})
+        print(f"fold {fold} scored", flush=True)
+    metrics = pd.DataFrame(rows)
+    plain = metrics[metrics["recipe"] == "2d"].set_index(["case", "class"])["dice"]
+    committed = read("cv_2d_metrics").set_index(["case", "class"])["dice"]
+    gap = float((plain - committed.reindex(plain.index)).abs().max())
+    if not gap < 1e-4:
+        sys.exit(f"the plain predictions differ from cv_2d_metrics.csv by up to {gap:.2g} Dice: not the same models")
+    OUT.mkdir(parents=True, exist_ok=True)
+    metrics.to_csv(OUT / "cv_shift_tta_metrics.csv", index=False, float_format="%.6g")
+    for recipe, table in metrics.groupby("recipe", sort=False):
+        print(f"{recipe}:\n{summarize_folds(table).round(4).to_string()}")
+        if recipe != "2d":
+            print(paired_difference(metrics, recipe, "2d").round(4).to_string())
+    return 0
+
+
 def _intervals(diff) -> list[str]:
     """``paired_difference`` rows as text: ``+0.0027 [+0.0008, +0.0046]``."""
     return [f"{r['diff']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]" for _, r in diff.iterrows()]
@@ -474,6 +533,16 @@ def report() -> int:
                 print(f"Test half, read once for {label}: {other} {row['Anterior']:.4f} / {row['Posterior']:.4f}, "
                       f"vs {base}: {row['interval']}\n")
 
+    if (OUT / "cv_shift_tta_metrics.csv").exists():
+        cvs = read("cv_shift_tta_metrics")
+        others = [r for r in cvs["recipe"].unique() if r != "2d"]
+        table = compare_recipes(cvs, {r: "2d" for r in others})
+        print("The 2D cross-validation's fold models with translation test-time augmentation and largest-component "
+              "post-processing, each fold on its own 40 cases (200 cases; mean Dice per case; prediction only, "
+              "`... accuracy_study.py cv_shift_tta`):\n")
+        print(_md(table[["Anterior", "Posterior", "mean", "interval"]].rename(
+            columns={"interval": "vs 2d (95 % interval)"}).fillna("")) + "\n")
+
     # the cross-validations, read once: {"2d": table, "3d": table} for those present
     cv_tables = {f"{dims}d": read(f"cv_{dims}d_metrics") for dims in (2, 3)
                  if (OUT / f"cv_{dims}d_metrics.csv").exists()}
@@ -543,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     all_studies = studies()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", choices=sorted([*all_studies, "shipped", "ensembles_3d", "cv_2d", "cv_3d", "cv_ensemble", "shift_tta",
-                                                       "shift_tta_test", "canvas_test",
+                                                       "shift_tta_test", "canvas_test", "cv_shift_tta",
                                                        "report"]))
     parser.add_argument("--only", nargs="*", help="train only these recipes of the study")
     args = parser.parse_args(argv)
@@ -566,6 +635,8 @@ def main(argv: list[str] | None = None) -> int:
         return score_shift_tta("test")
     if args.study == "canvas_test":
         return score_shift_tta("canvas_test")
+    if args.study == "cv_shift_tta":
+        return score_cv_shift_tta()
     if args.study in ("cv_2d", "cv_3d"):
         return cross_validate_shipped(int(args.study[3]))
 
