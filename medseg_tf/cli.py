@@ -48,6 +48,7 @@ NON_NEGATIVE_INT = _number(int, low=0)
 POSITIVE_FLOAT = _number(float, low=0, low_open=True, high=float("inf"), high_open=True)
 NON_NEGATIVE_FLOAT = _number(float, low=0, high=float("inf"), high_open=True)
 OPEN_FRACTION = _number(float, low=0, low_open=True, high=1, high_open=True)
+MAX_PHANTOM_CASES = 10_000  # 2-6 GB of phantoms: more is a typo, not a data set
 
 #: Config keys whose command-line option has another name.
 _FLAG_OF_KEY = {"learning_rate": "--lr", "out_dir": "--out", "tolerance_mm": "--tolerance", "task": "TASK"}
@@ -441,8 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mri: hippocampus-like MRI (default); ct: abdominal CT in HU, organ + lesions; "
                         "brain: 4-channel brain tumour MRI (MSD Task01 layout); fundus: retinal photographs "
                         "with vessel masks")
-    p.add_argument("--cases", type=POSITIVE_INT, default=None,
-                   help="number of cases (default 40 for mri, 16 for ct and brain, 12 for fundus)")
+    p.add_argument("--cases", type=_number(int, low=1, high=MAX_PHANTOM_CASES), default=None,
+                   help=f"number of cases, at most {MAX_PHANTOM_CASES} (default 40 for mri, 16 for ct and brain, "
+                        "12 for fundus)")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="random seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing phantom folder")
     p.set_defaults(func=_cmd_data_phantom)
@@ -605,6 +607,22 @@ def _quiet_tensorflow_logs() -> None:
         pass
 
 
+def _interrupt_on_sigterm():
+    """Let ``kill`` (SIGTERM) stop a command as Ctrl-C does, so its clean-up runs (temporary folders, locks).
+
+    Returns the previous handler (to restore), or None where signals cannot be set (not the main thread).
+    """
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code. Errors about user input print one line, no traceback."""
     parser = build_parser()
@@ -612,6 +630,18 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous = _interrupt_on_sigterm()
+    try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
+    """Run the parsed command; user errors become one line and exit code 1."""
     if args.command in ("train", "predict", "export", "bench") and not (
             args.command == "predict" and _is_onnx(args.model)):  # the commands that load TensorFlow
         _quiet_tensorflow_logs()

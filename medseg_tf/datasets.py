@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -394,7 +395,7 @@ def prediction_plan(images_dir: str | os.PathLike, out_dir: str | os.PathLike, *
 MSD_OUTPUTS = ("dataset.json", "imagesTr", "labelsTr")
 
 
-def write_msd_dataset(out_dir: str | os.PathLike, cases: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], *,
+def write_msd_dataset(out_dir: str | os.PathLike, cases: Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray]], *,
                       name: str, labels: dict[int, str], modality: dict[int, str] | None = None,
                       description: str = "", licence: str = "", overwrite: bool = False,
                       extra: dict | None = None) -> Path:
@@ -405,8 +406,8 @@ def write_msd_dataset(out_dir: str | os.PathLike, cases: list[tuple[str, np.ndar
     out_dir : str or PathLike
         Target folder. Written into a temporary sibling and renamed into place
         when complete, so a half-written data set never looks complete.
-    cases : list of (case_id, image, label, affine)
-        image float32 ``(X, Y, Z)`` or ``(X, Y, Z, C)`` (multi-modal, channels last as
+    cases : iterable of (case_id, image, label, affine)
+        Read one case at a time (a generator keeps only one case in memory); image float32 ``(X, Y, Z)`` or ``(X, Y, Z, C)`` (multi-modal, channels last as
         MSD Task01; ``tensorImageSize`` becomes ``"4D"``), label uint8 ``(X, Y, Z)``,
         affine 4x4 (mm).
     name, labels, modality, description, licence : dataset.json fields.
@@ -433,14 +434,16 @@ def write_msd_dataset(out_dir: str | os.PathLike, cases: list[tuple[str, np.ndar
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
         training = []
+        four_d = False
         for name_of_case, image, label, affine in cases:
+            four_d = four_d or np.ndim(image) == 4
             save_nifti(np.asarray(image, np.float32), tmp / "imagesTr" / f"{name_of_case}.nii.gz", affine=affine)
             save_nifti(np.asarray(label, np.uint8), tmp / "labelsTr" / f"{name_of_case}.nii.gz", affine=affine)
             training.append({"image": f"./imagesTr/{name_of_case}.nii.gz",
                              "label": f"./labelsTr/{name_of_case}.nii.gz"})
         meta = {
             "name": name, "description": description, "licence": licence,
-            "tensorImageSize": "4D" if any(np.ndim(c[1]) == 4 for c in cases) else "3D",
+            "tensorImageSize": "4D" if four_d else "3D",
             "modality": {str(k): v for k, v in (modality or {0: "MRI"}).items()},
             "labels": {str(k): v for k, v in sorted(labels.items())},
             "numTraining": len(training), "numTest": 0, "training": training, "test": [],
@@ -473,11 +476,12 @@ def write_generated_dataset(out_dir: str | os.PathLike, make_case, prefix: str, 
     """
     if n_cases < 1:
         raise ValueError(f"n_cases must be at least 1, got {n_cases}")
-    cases = []
-    for i in range(n_cases):
-        image, label, affine = make_case(seed * 100_000 + i)
-        cases.append((f"{prefix}_{i:03d}", image, label, affine))
-    return write_msd_dataset(out_dir, cases, name=name, labels=labels, modality=modality,
+    def cases():  # one case in memory at a time
+        for i in range(n_cases):
+            image, label, affine = make_case(seed * 100_000 + i)
+            yield f"{prefix}_{i:03d}", image, label, affine
+
+    return write_msd_dataset(out_dir, cases(), name=name, labels=labels, modality=modality,
                              description=description, licence="CC0 (generated)", overwrite=overwrite,
                              extra={"seed": seed})
 

@@ -54,6 +54,7 @@ def _set_first_voxel(path: Path, value: int) -> None:
     (["train", "--data", "phantom", "--lr", "nan"], "--lr"),
     (["data", "phantom", "--out", "x", "--cases", "0"], "--cases"),
     (["data", "phantom", "--out", "x", "--seed", "-1"], "--seed"),
+    (["data", "phantom", "--out", "x", "--cases", "1000000000"], "--cases"),
     (["evaluate", "--pred", "a", "--labels", "b", "--out", "c.csv", "--tolerance", "-1"], "--tolerance"),
     (["predict", "--model", "m", "--images", "i", "--out", "o", "--batch-size", "0"], "--batch-size"),
 ])
@@ -426,3 +427,27 @@ def test_bench_refuses_a_csv_of_other_columns_before_measuring(capsys, tmp_path,
     assert code == 1
     one_line(err, "other.csv", "other columns")
     assert other.read_text() == "a,b\n1,2\n"
+
+
+def test_a_killed_phantom_run_leaves_no_temporary_folder(tmp_path):
+    """SIGTERM (``kill``) stops a command as Ctrl-C does: the half-written hidden folder is removed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "phantom"
+    proc = subprocess.Popen([sys.executable, "-m", "medseg_tf", "data", "phantom", "--out", str(out),
+                             "--cases", "2000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "MEDSEG_DEBUG": ""})
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".phantom.") and any(p.rglob("*.nii.gz")) for p in tmp_path.iterdir()):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the phantom writer never started writing"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
