@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from medseg_tf.errors import ConfigError, MedsegError, OverwriteError
@@ -48,7 +49,7 @@ NON_NEGATIVE_INT = _number(int, low=0)
 POSITIVE_FLOAT = _number(float, low=0, low_open=True, high=float("inf"), high_open=True)
 NON_NEGATIVE_FLOAT = _number(float, low=0, high=float("inf"), high_open=True)
 OPEN_FRACTION = _number(float, low=0, low_open=True, high=1, high_open=True)
-MAX_PHANTOM_CASES = 10_000  # 2-6 GB of phantoms: more is a typo, not a data set
+MAX_PHANTOM_CASES = 10_000  # 1-6 GB of phantoms, by kind: more is a typo, not a data set
 
 #: Config keys whose command-line option has another name.
 _FLAG_OF_KEY = {"learning_rate": "--lr", "out_dir": "--out", "tolerance_mm": "--tolerance", "task": "TASK"}
@@ -607,20 +608,28 @@ def _quiet_tensorflow_logs() -> None:
         pass
 
 
-def _interrupt_on_sigterm():
-    """Let ``kill`` (SIGTERM) stop a command as Ctrl-C does, so its clean-up runs (temporary folders, locks).
+def _interrupt_on_sigterm(command: str) -> Callable[[], None]:
+    """Let ``kill`` (SIGTERM) stop ``command`` as Ctrl-C does, so its clean-up runs (temporary folders, locks).
 
-    Returns the previous handler (to restore), or None where signals cannot be set (not the main thread).
+    The first SIGTERM raises KeyboardInterrupt in the main thread and puts the previous handler back, so a
+    second one ends the process at once. ``course`` keeps the default (it runs notebooks in worker
+    threads, which an exception in the main thread would not stop), and so does any caller not in the
+    main thread (where handlers cannot be set). Returns the function that restores the previous handler.
     """
     import signal
     import threading
 
+    if command == "course" or threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+    restore = previous if previous is not None else signal.SIG_DFL  # None: set outside Python
+
     def interrupt(signum, frame):
+        signal.signal(signal.SIGTERM, restore)
         raise KeyboardInterrupt
 
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, restore)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -630,22 +639,19 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    previous = _interrupt_on_sigterm()
+    restore = _interrupt_on_sigterm(args.command)
     try:
         return _run(args)
     finally:
-        if previous is not None:
-            import signal
-
-            signal.signal(signal.SIGTERM, previous)
+        restore()
 
 
 def _run(args) -> int:
     """Run the parsed command; user errors become one line and exit code 1."""
-    if args.command in ("train", "predict", "export", "bench") and not (
-            args.command == "predict" and _is_onnx(args.model)):  # the commands that load TensorFlow
-        _quiet_tensorflow_logs()
     try:
+        if args.command in ("train", "predict", "export", "bench") and not (
+                args.command == "predict" and _is_onnx(args.model)):  # the commands that load TensorFlow
+            _quiet_tensorflow_logs()
         return int(args.func(args) or 0)
     except ConfigError as exc:
         if exc.key is None:

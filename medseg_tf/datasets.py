@@ -407,9 +407,9 @@ def write_msd_dataset(out_dir: str | os.PathLike, cases: Iterable[tuple[str, np.
         Target folder. Written into a temporary sibling and renamed into place
         when complete, so a half-written data set never looks complete.
     cases : iterable of (case_id, image, label, affine)
-        Read one case at a time (a generator keeps only one case in memory); image float32 ``(X, Y, Z)`` or ``(X, Y, Z, C)`` (multi-modal, channels last as
-        MSD Task01; ``tensorImageSize`` becomes ``"4D"``), label uint8 ``(X, Y, Z)``,
-        affine 4x4 (mm).
+        Read one case at a time (a generator keeps only one case in memory). image float32
+        ``(X, Y, Z)`` or ``(X, Y, Z, C)`` (multi-modal, channels last as MSD Task01;
+        ``tensorImageSize`` becomes ``"4D"``), label uint8 ``(X, Y, Z)``, affine 4x4 (mm).
     name, labels, modality, description, licence : dataset.json fields.
     overwrite : bool
         If False (default) and ``out_dir`` exists and is not empty, raise

@@ -34,7 +34,8 @@ from scipy import ndimage
 
 from medseg_tf.errors import ConfigError, DataError
 
-__all__ = ["Pair", "find_pairs", "load_pair", "read_image", "read_mask", "fov_from_image", "green_channel",
+__all__ = ["Pair", "find_pairs", "load_pair", "read_image", "read_mask", "fov_from_image", "eye_from_disc",
+           "green_channel",
            "clahe", "preprocess", "PREPROCESSING", "sample_patches", "IMAGE_SUFFIXES"]
 
 #: File extensions read as images or masks.
@@ -247,6 +248,52 @@ def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     else:
         fov = fov_from_image(image)
     return image, mask.astype(np.uint8), fov
+
+
+def eye_from_disc(image: np.ndarray, fov: np.ndarray | None = None, *, top_fraction: float = 0.005) -> str:
+    """Which eye an upright fundus photograph shows, from the side its optic disc lies on (a heuristic).
+
+    The optic disc is usually the brightest structure of a fundus photograph and lies on the nasal side:
+    on the viewer's right for a right eye, on the left for a left eye (the photograph upright, superior
+    at the top, as cameras save it). The brightest pixels are taken as the disc and compared with the
+    centre column of the field of view. Meant for macula-centred photographs; on disc-centred ones, or
+    where bright reflexes or exudates outshine the disc, the answer is arbitrary: check it.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        ``(rows, columns, 3)`` RGB or ``(rows, columns)`` grey, any dtype.
+    fov : np.ndarray, optional
+        Boolean field of view ``(rows, columns)`` (default: every pixel).
+    top_fraction : float
+        Share of the brightest pixels in the field of view taken as the disc, in (0, 1].
+
+    Returns
+    -------
+    str
+        ``"right"`` if those pixels lie mostly right of the field of view's centre column, else ``"left"``.
+
+    Examples
+    --------
+    >>> img = np.zeros((40, 60)); img[18:22, 50:54] = 1.0
+    >>> eye_from_disc(img), eye_from_disc(img[:, ::-1])
+    ('right', 'left')
+    """
+    if not 0 < top_fraction <= 1:
+        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
+    image = np.asarray(image, dtype=float)
+    gray = image.mean(axis=-1) if image.ndim == 3 else image
+    if gray.ndim != 2:
+        raise ValueError(f"expected a (rows, columns[, 3]) image, got shape {image.shape}")
+    inside = np.ones(gray.shape, bool) if fov is None else np.asarray(fov, bool)
+    if inside.shape != gray.shape:
+        raise ValueError(f"field of view {inside.shape} does not match the image's rows and columns {gray.shape}")
+    values = gray[inside]
+    if values.size == 0:
+        raise ValueError("the field of view is empty")
+    bright = inside & (gray >= np.quantile(values, 1 - top_fraction))
+    centre = np.nonzero(inside)[1].mean()
+    return "right" if np.nonzero(bright)[1].mean() > centre else "left"
 
 
 def green_channel(image: np.ndarray) -> np.ndarray:

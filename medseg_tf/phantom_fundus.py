@@ -92,6 +92,31 @@ def _draw(points: list, shape: tuple[int, int]) -> np.ndarray:
     return cov
 
 
+def _layout(seed: int) -> tuple[np.random.Generator, np.ndarray, float, int]:
+    """The first draws of a case: its generator, FOV centre (row, column) and radius in px, and eye (+1/-1).
+
+    ``eye=+1`` puts the optic disc right of the centre (a right eye, see :func:`fundus_eye`).
+    """
+    rng = np.random.default_rng([seed, 20261204, 2])
+    h, w = FUNDUS_SIZE
+    centre = np.array([h / 2 + rng.uniform(-4, 4), w / 2 + rng.uniform(-4, 4)])
+    fov_r = rng.uniform(0.44, 0.47) * min(h, w)
+    eye = int(rng.choice([-1, 1]))  # optic disc on the left or right of the image
+    return rng, centre, fov_r, eye
+
+
+def fundus_eye(seed: int) -> str:
+    """Which eye the photograph of ``seed`` shows: ``"right"`` (optic disc on the viewer's right) or ``"left"``.
+
+    Upright photographs, as cameras save them: the disc lies on the nasal side, the viewer's right for a
+    right eye. The same draw as :func:`make_fundus_case`, so the two always agree.
+
+    >>> sorted({fundus_eye(s) for s in range(12)})
+    ['left', 'right']
+    """
+    return "right" if _layout(seed)[3] > 0 else "left"
+
+
 def make_fundus_case(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Generate one fundus photograph with its vessel mask and field of view.
 
@@ -109,15 +134,12 @@ def make_fundus_case(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     fov : np.ndarray
         bool, shape ``(256, 256)``, True inside the camera's field of view.
     """
-    rng = np.random.default_rng([seed, 20261204, 2])
+    rng, centre, fov_r, eye = _layout(seed)
     h, w = FUNDUS_SIZE
     rr, cc = np.mgrid[0:h, 0:w].astype(float)
-    centre = np.array([h / 2 + rng.uniform(-4, 4), w / 2 + rng.uniform(-4, 4)])
-    fov_r = rng.uniform(0.44, 0.47) * min(h, w)
     rad = np.sqrt((rr - centre[0]) ** 2 + (cc - centre[1]) ** 2) / fov_r  # 1 at the FOV edge
     fov = rad < 1.0
 
-    eye = rng.choice([-1, 1])  # optic disc on the left or right of the image
     disc = centre + np.array([rng.uniform(-10, 10), eye * rng.uniform(0.5, 0.6) * fov_r])
     macula = centre + np.array([rng.uniform(-6, 6), -eye * rng.uniform(0.2, 0.3) * fov_r])
     disc_r = rng.uniform(0.11, 0.14) * fov_r

@@ -95,13 +95,52 @@ def orientation_labels(ax, plane: str, *, color: str = "#ffe119", fontsize: floa
     """
     if plane not in ORIENTATION_LETTERS:
         raise ValueError(f"plane must be one of {sorted(ORIENTATION_LETTERS)}, got {plane!r}")
-    left, right, bottom, top = ORIENTATION_LETTERS[plane]
+    edge_letters(ax, *ORIENTATION_LETTERS[plane], color=color, fontsize=fontsize)
+
+
+def edge_letters(ax, left: str, right: str, bottom: str, top: str, *, color: str = "#ffe119",
+                 fontsize: float = 10) -> None:
+    """Write a letter (or short word) inside each edge of ``ax``, outlined so it reads on any image.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+    left, right, bottom, top : str
+        The text at the middle of each edge, as the viewer sees the axes.
+    color, fontsize
+        Text colour and size in points.
+    """
     style = {"transform": ax.transAxes, "color": color, "fontsize": fontsize, "fontweight": "bold",
              "path_effects": _OUTLINE}
     ax.text(0.02, 0.5, left, ha="left", va="center", **style)
     ax.text(0.98, 0.5, right, ha="right", va="center", **style)
     ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
     ax.text(0.5, 0.98, top, ha="center", va="top", **style)
+
+
+#: Edge letters (left, right, bottom, top) of an upright fundus photograph: S(uperior) at the top,
+#: N(asal) on the side of the optic disc, T(emporal) on the other; the disc of a right eye is on the
+#: viewer's right.
+FUNDUS_LETTERS = {"right": ("T", "N", "I", "S"), "left": ("N", "T", "I", "S")}
+
+
+def fundus_labels(ax, eye: str, *, color: str = "#ffe119", fontsize: float = 10) -> None:
+    """Write the orientation letters of an upright fundus photograph at the edges of ``ax``.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        Axes showing the photograph upright (``imshow(rgb)``: row 0 at the top, superior).
+    eye : {"right", "left"}
+        Which eye; :func:`medseg_tf.images2d.eye_from_disc` finds it from the optic disc.
+    color, fontsize
+        Text colour and size in points.
+
+    See :data:`FUNDUS_LETTERS`.
+    """
+    if eye not in FUNDUS_LETTERS:
+        raise ValueError(f"eye must be 'right' or 'left', got {eye!r}")
+    edge_letters(ax, *FUNDUS_LETTERS[eye], color=color, fontsize=fontsize)
 
 
 def nice_length(extent_mm: float, fraction: float = 0.25) -> float:
@@ -209,7 +248,8 @@ def overlay(ax, image: np.ndarray, label: np.ndarray | None = None, *, alpha: fl
 
 def triplanar(image: np.ndarray, label: np.ndarray | None = None, spacing=(1.0, 1.0, 1.0),
               center: tuple[int, int, int] | None = None, title: str | None = None,
-              figsize=(9.0, 3.2), scale_mm: float | None = None) -> matplotlib.figure.Figure:
+              figsize=(9.0, 3.2), scale_mm: float | None = None, *,
+              same_scale: bool = True) -> matplotlib.figure.Figure:
     """Axial, coronal and sagittal slices of a RAS volume through ``center``.
 
     Parameters
@@ -223,9 +263,15 @@ def triplanar(image: np.ndarray, label: np.ndarray | None = None, spacing=(1.0, 
     center : (x, y, z), optional
         Voxel the three planes pass through (default: centre of the foreground,
         or of the volume).
+    figsize : (width, height) in inches
+        With ``same_scale`` the height is a minimum: the figure grows until the tallest panel fits.
     scale_mm : float, optional
-        Length of the scale bar in every panel (default: a round length near a
+        Length of the scale bar in every panel (default: with ``same_scale``, one round length near a
+        quarter of the narrowest panel's width, the same in all three; otherwise a round length near a
         quarter of each panel's width).
+    same_scale : bool
+        Draw the three panels at one display scale (the same number of screen pixels per mm), so
+        their sizes compare as the anatomy does (default). False: each panel fills its own third.
 
     Each panel carries its orientation letters and a scale bar (module docstring).
     """
@@ -236,18 +282,34 @@ def triplanar(image: np.ndarray, label: np.ndarray | None = None, spacing=(1.0, 
         else:
             center = tuple(n // 2 for n in image.shape[:3])
     sx, sy, sz = (float(s) for s in spacing)
-    views = [  # (plane, 2D slice as (horizontal, vertical), in-plane spacing (horizontal, vertical))
-        ("axial", f"z={center[2]}", np.s_[:, :, center[2]], (sx, sy)),
-        ("coronal", f"y={center[1]}", np.s_[:, center[1], :], (sx, sz)),
-        ("sagittal", f"x={center[0]}", np.s_[center[0], :, :], (sy, sz)),
+    nx, ny, nz = image.shape[:3]
+    views = [  # (plane, 2D slice as (horizontal, vertical), in-plane spacing (horizontal, vertical), extent mm)
+        ("axial", f"z={center[2]}", np.s_[:, :, center[2]], (sx, sy), (nx * sx, ny * sy)),
+        ("coronal", f"y={center[1]}", np.s_[:, center[1], :], (sx, sz), (nx * sx, nz * sz)),
+        ("sagittal", f"x={center[0]}", np.s_[center[0], :, :], (sy, sz), (ny * sy, nz * sz)),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=figsize)
-    for ax, (plane, where, index, pixel) in zip(axes, views):
+    gridspec = None
+    if same_scale:
+        widths = [extent[0] for *_, extent in views]
+        gridspec = {"width_ratios": widths}
+        if scale_mm is None:  # one bar length for one scale
+            scale_mm = nice_length(min(widths))
+    fig, axes = plt.subplots(1, 3, figsize=figsize, gridspec_kw=gridspec)
+    for ax, (plane, where, index, pixel, _) in zip(axes, views):
         overlay(ax, image[index], None if label is None else label[index], title=f"{plane} ({where})",
                 plane=plane, spacing=pixel, scale_mm=scale_mm)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
+    for _ in range(4 if same_scale else 0):  # grow the figure until no panel is limited by its height
+        width, height = fig.get_size_inches()
+        boxes = [ax.get_position(original=True) for ax in axes]  # the space each panel is given
+        short = max(box.width * width * extent[1] / extent[0] - box.height * height  # inches missing
+                    for box, (*_, extent) in zip(boxes, views))
+        if short <= 0.005 * height:
+            break
+        fig.set_size_inches(width, height + short + 0.01)
+        fig.tight_layout()
     return fig
 
 

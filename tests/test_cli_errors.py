@@ -441,13 +441,29 @@ def test_a_killed_phantom_run_leaves_no_temporary_folder(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "medseg_tf", "data", "phantom", "--out", str(out),
                              "--cases", "2000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "MEDSEG_DEBUG": ""})
-    deadline = time.monotonic() + 120
-    while not any(p.name.startswith(".phantom.") and any(p.rglob("*.nii.gz")) for p in tmp_path.iterdir()):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the phantom writer never started writing"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.name.startswith(".phantom.") and any(p.rglob("*.nii.gz")) for p in tmp_path.iterdir()):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the phantom writer never started writing"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # a failed assertion above: stop the writer
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_main_puts_the_sigterm_handler_back(capsys, tmp_path):
+    """In-process callers (these tests, a notebook) keep their own SIGTERM handler after ``main``."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    code, _ = run(capsys, "data", "phantom", "--out", tmp_path / "p", "--cases", 1)  # returns normally
+    assert code == 0 and signal.getsignal(signal.SIGTERM) is before
+    code, _ = run(capsys, "data", "phantom", "--out", tmp_path / "p", "--cases", 1)  # refused: folder exists
+    assert code == 1 and signal.getsignal(signal.SIGTERM) is before

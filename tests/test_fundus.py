@@ -164,3 +164,38 @@ def test_fov_scores_and_auc_by_hand():
     # inside the FOV: positives 0.9, 0.4; negatives 0.6, 0.1 -> 3 of 4 pairs ordered correctly
     assert metrics.roc_auc(scores, ref, fov) == 0.75
     assert np.isnan(metrics.roc_auc(scores, np.zeros_like(ref)))
+
+
+def test_eye_from_disc_finds_the_side_of_the_optic_disc():
+    """The generator's eye (:func:`fundus_eye`, its own draw) comes back from the bright disc on every image."""
+    from medseg_tf.phantom_fundus import fundus_eye
+
+    eyes = [fundus_eye(seed) for seed in range(12)]
+    assert set(eyes) == {"left", "right"}  # both kinds are tested
+    for seed, eye in enumerate(eyes):
+        rgb, _, fov = make_fundus_case(seed)
+        assert images2d.eye_from_disc(rgb, fov) == eye, seed
+        assert images2d.eye_from_disc(rgb[:, ::-1], fov[:, ::-1]) != eye  # mirrored: the other eye
+    with pytest.raises(ValueError, match="empty"):
+        images2d.eye_from_disc(rgb, np.zeros_like(fov))
+    with pytest.raises(ValueError, match="does not match"):
+        images2d.eye_from_disc(rgb, fov[:10])
+    with pytest.raises(ValueError, match="top_fraction"):
+        images2d.eye_from_disc(rgb, fov, top_fraction=0)
+
+
+@pytest.mark.parametrize("eye, left, right", [("right", "T", "N"), ("left", "N", "T")])
+def test_fundus_letters_put_nasal_on_the_disc_side(eye, left, right):
+    import matplotlib.pyplot as plt
+
+    from medseg_tf import plots
+
+    fig, ax = plt.subplots()
+    plots.fundus_labels(ax, eye)
+    texts = {t.get_position(): t.get_text() for t in ax.texts}
+    by_x = sorted(texts.items())
+    assert by_x[0][1] == left and by_x[-1][1] == right  # the disc (nasal) side of a right eye: the viewer's right
+    assert sorted(texts.items(), key=lambda kv: kv[0][1])[-1][1] == "S"  # superior at the top
+    with pytest.raises(ValueError, match="eye"):
+        plots.fundus_labels(ax, "both")
+    plt.close(fig)

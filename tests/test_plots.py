@@ -203,6 +203,22 @@ def test_triplanar_panels_carry_letters_and_scale_bars():
     assert fig.axes[1].get_aspect() == pytest.approx(2.0)
 
 
+@pytest.mark.parametrize("shape, spacing", [((36, 52, 38), (1.0, 1.0, 1.0)), ((40, 20, 12), (0.8, 1.2, 3.0)),
+                                           ((20, 60, 20), (1.0, 1.0, 1.0))])
+def test_triplanar_panels_share_one_display_scale(shape, spacing):
+    """Screen pixels per mm are the same in the three panels (the sizes compare as the anatomy does)."""
+    fig = plots.triplanar(np.zeros(shape), spacing=spacing, scale_mm=5, title="t")
+    fig.canvas.draw()
+    extents_mm = [shape[0] * spacing[0], shape[0] * spacing[0], shape[1] * spacing[1]]
+    px_per_mm = [ax.get_window_extent().width / w for ax, w in zip(fig.axes, extents_mm)]
+    assert max(px_per_mm) / min(px_per_mm) == pytest.approx(1.0, abs=0.01), px_per_mm
+    fig = plots.triplanar(np.zeros(shape), spacing=spacing, same_scale=False)
+    fig.canvas.draw()
+    px_per_mm = [ax.get_window_extent().width / w for ax, w in zip(fig.axes, extents_mm)]
+    assert max(px_per_mm) / min(px_per_mm) > 1.05  # each panel fills its own third: scales differ
+    fig = plots.triplanar(np.zeros(shape), spacing=spacing)  # one scale: one bar length by default
+    assert len({ax.artists[0].txt_label.get_text() for ax in fig.axes}) == 1
+
 def test_metric_boxplots_wrap_onto_rows():
     df = _table()
     fig = plots.metric_boxplots(df, ["dice", "hd95", "dice"], ncols=2)
