@@ -12,7 +12,8 @@ pipeline and synthetic batch; ``side_by_side_torch.csv``: ``side_by_side_torch.p
 ``benchmarks/side_by_side.sh`` writes them, one after the other on the same machine.
 4. Tables 1 and 2 again from ``avx2_bench.csv`` and ``avx2_exports.csv``: the same measurements
    (``benchmarks/prediction_rows.sh``, float32 only) on the AVX2-only CPU, after ``predict`` began padding 2D
-   slices to at least the training patch.
+   slices to at least the training patch; and table 3 from ``avx2_side_by_side_keras.csv`` and
+   ``avx2_side_by_side_torch.csv`` (``benchmarks/side_by_side.sh`` with ``PRECISIONS=float32``) when present.
 """
 
 from __future__ import annotations
@@ -73,11 +74,13 @@ def exports(name: str = "exports.csv") -> None:
     print()
 
 
-def training() -> None:
-    keras = pd.read_csv(HERE / "side_by_side_keras.csv")
-    torch = pd.read_csv(HERE / "side_by_side_torch.csv")
+def training(keras_name: str = "side_by_side_keras.csv", torch_name: str = "side_by_side_torch.csv",
+             defaults: tuple = ((3, "mixed_bfloat16"), (2, "float32"))) -> None:
+    """Table 3 from a pair of side-by-side CSVs; ``defaults``: the course's precision per dims on that CPU."""
+    keras = pd.read_csv(HERE / keras_name)
+    torch = pd.read_csv(HERE / torch_name)
     if "date" not in torch or torch["date"].isna().all():
-        raise SystemExit("side_by_side_torch.csv: no dated rows; run benchmarks/side_by_side.sh")
+        raise SystemExit(f"{torch_name}: no dated rows; run benchmarks/side_by_side.sh")
     keras = keras[keras["kind"] == "train"].drop_duplicates(["dims", "precision", "data"], keep="last")
     torch = torch[torch["date"].notna()].drop_duplicates(["net", "precision"], keep="last")  # newest of each
     print(f"Keras rows {keras['date'].min()} to {keras['date'].max()}, PyTorch rows {torch['date'].min()} to "
@@ -100,7 +103,7 @@ def training() -> None:
     # what a student gets: the course's default precision (3D mixed_bfloat16 on a CPU with native bfloat16,
     # 2D float32; medseg_tf.runtime.resolve_runtime) through the pipeline, against PyTorch's default, float32
     parts = []
-    for dims, precision in ((3, "mixed_bfloat16"), (2, "float32")):
+    for dims, precision in defaults:
         k = keras[(keras["dims"] == dims) & (keras["precision"] == precision) & (keras["data"] != "synthetic")]
         t = torch[(torch["net"] == NETS[dims]) & (torch["precision"] == "float32")]
         if not k.empty and not t.empty:
@@ -108,6 +111,28 @@ def training() -> None:
             parts.append(f"{dims}D {rate / ref:.2f}x ({precision} {rate:.2f} vs {ref:.2f})")
     if parts:
         print("\nCourse defaults through the pipeline against PyTorch + MONAI in float32: " + ", ".join(parts) + ".")
+
+
+def training_runs(keras_name: str, torch_name: str) -> None:
+    """Every run of a side-by-side pair of CSVs, in order (run i of the Keras file with run i of PyTorch's)."""
+    keras = pd.read_csv(HERE / keras_name)
+    keras = keras[(keras["kind"] == "train") & (keras["precision"] == "float32")]
+    torch = pd.read_csv(HERE / torch_name)
+    torch = torch[torch["precision"] == "float32"]
+    print("\n| run | model | Keras pipeline | Keras synthetic | PyTorch + MONAI | ratio (pipeline) | ratio (synthetic) "
+          "| pipeline vs synthetic |")
+    print("|---|---|---|---|---|---|---|---|")
+    for run, date in enumerate(keras["date"].unique(), 1):
+        for dims, net in NETS.items():
+            k = keras[(keras["date"] == date) & (keras["dims"] == dims)]
+            t = torch[torch["net"] == net]["samples_per_s"]
+            if len(t) < run or k.empty:
+                continue
+            p = float(k.loc[k["data"] != "synthetic", "samples_per_s"].iloc[0])
+            s = float(k.loc[k["data"] == "synthetic", "samples_per_s"].iloc[0])
+            r = float(t.iloc[run - 1])
+            print(f"| {run} ({date}) | {dims}D | {p:.2f} | {s:.2f} | {r:.2f} | {p / r:.2f}x | {s / r:.2f}x | "
+                  f"{100 * (p / s - 1):+.1f} % |")
 
 
 def main() -> int:
@@ -118,6 +143,13 @@ def main() -> int:
           "benchmarks/prediction_rows.sh benchmarks/avx2_bench.csv benchmarks/avx2_exports.csv`):\n")
     prediction("avx2_bench.csv")
     exports("avx2_exports.csv")
+    if (HERE / "avx2_side_by_side_keras.csv").is_file() and (HERE / "avx2_side_by_side_torch.csv").is_file():
+        print("\nTraining speed on the AVX2-only CPU (no native bfloat16, so float32 is the course's default in 2D "
+              "and 3D; `PRECISIONS=float32 KERAS_CSV=benchmarks/avx2_side_by_side_keras.csv "
+              "TORCH_CSV=benchmarks/avx2_side_by_side_torch.csv bash benchmarks/side_by_side.sh`):\n")
+        training("avx2_side_by_side_keras.csv", "avx2_side_by_side_torch.csv", defaults=((3, "float32"), (2, "float32")))
+        print("\nEvery run, float32:")
+        training_runs("avx2_side_by_side_keras.csv", "avx2_side_by_side_torch.csv")
     return 0
 
 
