@@ -361,3 +361,14 @@ def test_benchmark_report_prints_the_committed_rows(capsys):
     t = torch[(torch["net"] == "3d_d4_f16_max64") & (torch["precision"] == "float32")].tail(1)
     ratio = float(k["samples_per_s"].iloc[0]) / float(t["samples_per_s"].iloc[0])
     assert f"| {ratio:.2f}x |" in out
+    # the AVX2 side-by-side: every run, Keras run i against PyTorch run i
+    keras = pd.read_csv(ROOT / "benchmarks" / "avx2_side_by_side_keras.csv")
+    torch = pd.read_csv(ROOT / "benchmarks" / "avx2_side_by_side_torch.csv")
+    runs = keras["date"].unique()
+    assert len(runs) == (torch["net"] == "2d_d4_f16_ctx2").sum() >= 1
+    k = keras[(keras["date"] == runs[-1]) & (keras["kind"] == "train") & (keras["dims"] == 2)
+              & (keras["data"] != "synthetic")]
+    t = torch[torch["net"] == "2d_d4_f16_ctx2"].iloc[-1]
+    ratio = float(k["samples_per_s"].iloc[0]) / float(t["samples_per_s"])
+    assert f"| {len(runs)} ({runs[-1]}) | 2D | {float(k['samples_per_s'].iloc[0]):.2f} |" in out
+    assert f"| {ratio:.2f}x |" in out
