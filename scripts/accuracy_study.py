@@ -4,6 +4,7 @@ Usage (from the repository root; one study at a time on a 2-core machine)::
 
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py screen_2d
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py curve_2d
+    MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py curve_2d_seed1
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py final_3d
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py precision
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py wide_3d
@@ -125,6 +126,11 @@ def studies() -> dict[str, dict]:
         for seed in ((0, 1) if n <= 20 else (0,)):  # a second draw of the subset where it matters most
             for aug_name, aug in (("none", False), ("nnunet", nnunet)):
                 curve[f"n{n:03d}_s{seed}_{aug_name}"] = _recipe(small, max_train_cases=n, augment=aug, seed=seed)
+    # the second draw above 20 cases (trained later, on the AVX2-only CPU): the spread at every size
+    curve_seed1 = {}
+    for n in (40, 80, 160):
+        for aug_name, aug in (("none", False), ("nnunet", nnunet)):
+            curve_seed1[f"n{n:03d}_s1_{aug_name}"] = _recipe(small, max_train_cases=n, augment=aug, seed=1)
     # the same curve for the 3D recipe: 10 of its 40 epochs, in bfloat16 (its "auto" precision on this CPU), one seed
     curve_3d = {}
     small_3d = _recipe(shipped("hippocampus_3d"), epochs=10)
@@ -142,6 +148,7 @@ def studies() -> dict[str, dict]:
         "precision": {"recipes": precision, "score": "select"},
         "screen_2d": {"recipes": screen_2d, "score": "select"},
         "curve_2d": {"recipes": curve, "score": "select"},
+        "curve_2d_seed1": {"recipes": curve_seed1, "score": "select"},
         "curve_3d": {"recipes": curve_3d, "score": "select"},
         "final_2d": {"recipes": {"candidate": _recipe(shipped("hippocampus_2d"), augment=nnunet)},
                      "score": "test"},
@@ -494,6 +501,18 @@ def report() -> int:
             n, aug = gap.idxmax()
             print(f"Largest difference between two seeds (mean of both classes): {gap.max():.4f} at {n} cases "
                   f"(augmentation {aug})\n")
+        if dims == 2 and (OUT / "curve_2d_seed1_metrics.csv").exists():
+            runs1 = read("curve_2d_seed1_runs")
+            first = learning_curve(read(f"curve_{dims}d_metrics"), curve_runs)
+            second = learning_curve(read("curve_2d_seed1_metrics"), runs1)
+            sizes = sorted(second["train_cases"].unique())
+            rows = pd.concat([first[first["train_cases"].isin(sizes) & (first["seed"] == "s0")], second])
+            mean = rows.groupby(["train_cases", "augmentation", "seed"])["dice"].mean().unstack("seed")
+            mean["s1 - s0"] = mean["s1"] - mean["s0"]
+            print("A second seed above 20 cases (`... accuracy_study.py curve_2d_seed1`, trained on the AVX2-only CPU, "
+                  "training minutes " + ", ".join(f"{m:.1f}" for m in runs1["minutes"]) + "; mean Dice of both "
+                  "classes, 20 select cases):\n")
+            print(_md(mean) + "\n")
 
     if (OUT / "wide_3d_metrics.csv").exists():
         chosen = select_comparison(OUT)[["Anterior", "Posterior", "mean", "interval"]]
