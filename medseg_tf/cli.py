@@ -220,32 +220,43 @@ def _warn_training_cases(model_dir: Path, case_ids, where: str) -> None:
 
 
 def _cmd_predict(args) -> int:
-    for inp, what in ((args.images, "--images"), (args.model, "--model")):
+    models = args.model
+    for inp, what in ((args.images, "--images"), *((m, "--model") for m in models)):
         if inp.exists() and (_same_or_inside(args.out, inp) or _same_or_inside(inp, args.out)):
             raise ConfigError("out", f"{args.out} is, holds or lies inside the {what} folder {inp}; choose an "
                                      "output folder apart from the inputs")
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError("out", f"{args.out} is a file, not a folder")
-    if args.model.is_file() and not _is_onnx(args.model):
-        raise ConfigError("model", f"{args.model} is a file; give the run folder that holds model.keras (and its "
-                                   "config.json), or an .onnx file")
+    for model in models:
+        if model.is_file() and not _is_onnx(model):
+            raise ConfigError("model", f"{model} is a file; give the run folder that holds model.keras (and its "
+                                       "config.json), or an .onnx file")
+    if len(set(models)) < len(models):
+        raise ConfigError("model", "names the same model twice; an ensemble averages different models")
+    ensemble = len(models) > 1
+    if ensemble and any(_is_onnx(m) for m in models):
+        raise ConfigError("model", "an ensemble takes run folders (Keras models) only, not .onnx files")
+    if ensemble and args.temperature is not None:
+        raise ConfigError("temperature", f"applies to one model, not to an ensemble of {len(models)}")
     extra = {}
-    if _is_onnx(args.model):  # ONNX Runtime only: no TensorFlow import on this path
+    if _is_onnx(models[0]):  # ONNX Runtime only: no TensorFlow import on this path
         from medseg_tf.onnx_predict import predict_folder_onnx as predict_folder
         if args.temperature is not None:
             raise ConfigError("temperature", "applies to run folders (Keras models) only, not to an .onnx file")
     else:
         from medseg_tf.inference import predict_folder
         extra["temperature"] = args.temperature
-    table = predict_folder(args.model, args.images, args.out, tta=args.tta, lcc=args.lcc,
-                           overwrite=args.overwrite, progress=not args.no_progress, batch_size=args.batch_size,
-                           **extra)
+    table = predict_folder(list(models) if ensemble else models[0], args.images, args.out, tta=args.tta,
+                           lcc=args.lcc, overwrite=args.overwrite, progress=not args.no_progress,
+                           batch_size=args.batch_size, **extra)
     if len(table):
-        print(f"predicted {len(table)} volumes into {args.out}: "
+        print(f"predicted {len(table)} volumes into {args.out}"
+              + (f" with an ensemble of {len(models)} models" if ensemble else "") + ": "
               f"{table['seconds'].mean():.3f} s per volume (median {table['seconds'].median():.3f} s)")
         _report_trust(args, table)
-        if args.model.is_dir():
-            _warn_training_cases(args.model, list(table["case"]), "images")
+        for model in models:
+            if model.is_dir():
+                _warn_training_cases(model, list(table["case"]), "images")
     return 0
 
 
@@ -261,7 +272,7 @@ def _report_trust(args, table) -> None:
         return
     for row in table[table["ood"]].itertuples():
         print(f"warning: {row.case}: out-of-distribution score {row.ood_score:.1f} > threshold "
-              f"{row.ood_threshold:.1f} ({Path(args.model) / 'calibration.json'}): the image is unlike the "
+              f"{row.ood_threshold:.1f} ({Path(args.model[0]) / 'calibration.json'}): the image is unlike the "
               "validation cases (orientation, modality, intensity, noise, field of view?); check it before "
               "trusting its segmentation", file=sys.stderr)
 
@@ -504,9 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment whole volumes with a trained model",
                        description="Predict label maps for every image of a folder (MSD imagesTs/-like, or an "
                                    "MSD folder whose imagesTr/ is used), written as NIfTI on the source grid.")
-    p.add_argument("--model", type=Path, required=True,
+    p.add_argument("--model", type=Path, required=True, nargs="+",
                    help="run folder (model.keras + config.json), or an exported .onnx file (no TensorFlow needed); "
-                        "not the model.keras file itself")
+                        "not the model.keras file itself. Several run folders: their ensemble (mean class "
+                        "probabilities; 2D and 3D may be mixed, e.g. the folds of a cross-validation)")
     p.add_argument("--images", type=Path, required=True, help="folder of .nii.gz images, or an MSD folder")
     p.add_argument("--out", type=Path, required=True, help="output folder for <case>.nii.gz label maps")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
@@ -650,7 +662,7 @@ def _run(args) -> int:
     """Run the parsed command; user errors become one line and exit code 1."""
     try:
         if args.command in ("train", "predict", "export", "bench") and not (
-                args.command == "predict" and _is_onnx(args.model)):  # the commands that load TensorFlow
+                args.command == "predict" and all(_is_onnx(m) for m in args.model)):  # the commands that load TensorFlow
             _quiet_tensorflow_logs()
         return int(args.func(args) or 0)
     except ConfigError as exc:

@@ -286,6 +286,22 @@ def _probabilities_loaded(model, vol: io.Volume, config: RunSpec | Mapping, *, t
     return image, probs
 
 
+def _mean_probabilities(members: Sequence[tuple], vol: io.Volume, weights=None, *, tta: bool,
+                        batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first member's model input and the (weighted) mean of the members' RAS class probabilities."""
+    weights = np.ones(len(members)) if weights is None else np.asarray(weights, dtype=np.float64)
+    image, total = None, None
+    for (model, config), weight in zip(members, weights / weights.sum()):
+        member_image, probs = _probabilities_loaded(model, vol, config, tta=tta, batch_size=batch_size)
+        if total is not None and probs.shape != total.shape:
+            raise ValueError(f"ensemble members disagree on the output shape: {probs.shape} vs {total.shape}")
+        if total is None:
+            image, total = member_image, (probs if len(members) == 1 else probs * weight)
+        else:
+            total = total + probs * weight
+    return image, total
+
+
 def predict_probabilities(model, image: str | os.PathLike | io.Volume, config: RunSpec | Mapping, *,
                           tta: bool = False, temperature: float = 1.0,
                           batch_size: int = 16) -> tuple[np.ndarray, np.ndarray, io.Volume]:
@@ -401,12 +417,7 @@ def predict_ensemble(members: Sequence[tuple], image_path: str | os.PathLike, *,
         raise ValueError(f"weights must be {len(members)} non-negative numbers with a positive sum, "
                          f"got {weights.tolist()}")
     vol = io.load_nifti(image_path)
-    total = None
-    for (model, config), weight in zip(members, weights / weights.sum()):
-        _, probs = _probabilities_loaded(model, vol, config, tta=tta, batch_size=batch_size)
-        if total is not None and probs.shape != total.shape:
-            raise ValueError(f"ensemble members disagree on the output shape: {probs.shape} vs {total.shape}")
-        total = probs * weight if total is None else total + probs * weight
+    _, total = _mean_probabilities(members, vol, weights, tta=tta, batch_size=batch_size)
     labels = _labels_from_probs(total)
     if lcc:
         labels = keep_largest_component(labels)
@@ -451,9 +462,13 @@ def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str
 
     Parameters
     ----------
-    model_or_run_dir : keras.Model or path
+    model_or_run_dir : keras.Model, path or sequence of paths
         A model (then ``config`` is required) or a run folder holding
         ``model.keras`` and ``config.json`` (``config`` then overrides the file).
+        Several run folders (a list or tuple): their ensemble, the mean of
+        their class probabilities on each image's native grid, as
+        :func:`predict_ensemble` (2D and 3D members may be mixed; no
+        ``config``, ``temperature`` or ``calibration``).
     images_dir : path
         A folder of images (like MSD ``imagesTs/``), or an MSD task folder whose
         ``imagesTr/`` is used. Hidden files (macOS ``._*``) are skipped.
@@ -494,20 +509,27 @@ def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str
 
     from medseg_tf import uncertainty
 
-    if isinstance(model_or_run_dir, (str, os.PathLike)):
+    if isinstance(model_or_run_dir, (list, tuple)):
+        if not model_or_run_dir:
+            raise ValueError("an ensemble needs at least one run folder")
+        for given, name in ((config, "config"), (temperature, "temperature"), (calibration, "calibration")):
+            if given is not None:
+                raise ValueError(f"{name} applies to one model, not to an ensemble of run folders")
+        members = [load_run(run_dir) for run_dir in model_or_run_dir]
+    elif isinstance(model_or_run_dir, (str, os.PathLike)):
         model, run_spec = load_run(model_or_run_dir)
-        config = run_spec.replace(**config) if config else run_spec
+        members = [(model, run_spec.replace(**config) if config else run_spec)]
         if calibration is None:
             calibration = uncertainty.read_calibration(model_or_run_dir)
     else:
-        model = model_or_run_dir
         if config is None:
             raise ValueError("pass config=... (the run spec or training configuration) together with a model")
-        config = RunSpec.coerce(config)
+        members = [(model_or_run_dir, RunSpec.coerce(config))]
     out_dir = Path(out_dir)
     plan = prediction_plan(images_dir, out_dir, overwrite=overwrite)
     if tta:
-        _checked_tta_axes(config)  # refuse before anything is written
+        for _, spec in members:
+            _checked_tta_axes(spec)  # refuse before anything is written
     report = temperature is not None or calibration is not None
     if temperature is None:
         temperature = calibration["temperature"] if calibration is not None else 1.0
@@ -516,7 +538,7 @@ def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        rows = _predict_files(model, config, plan, tta=tta, lcc=lcc, batch_size=batch_size,
+        rows = _predict_files(members, plan, tta=tta, lcc=lcc, batch_size=batch_size,
                               overwrite=overwrite, progress=progress, report=report, temperature=temperature,
                               calibration=calibration, ood=ood)
     except BaseException:
@@ -528,7 +550,7 @@ def predict_folder(model_or_run_dir, images_dir: str | os.PathLike, out_dir: str
     return pd.DataFrame(rows, columns=columns)
 
 
-def _predict_files(model, config, plan, *, tta, lcc, batch_size, overwrite, progress, report,
+def _predict_files(members, plan, *, tta, lcc, batch_size, overwrite, progress, report,
                    temperature, calibration, ood) -> list[dict]:
     """The loop of :func:`predict_folder`: predict and write each file; one row per case."""
     from medseg_tf.settings import progress_bar as tqdm
@@ -540,7 +562,7 @@ def _predict_files(model, config, plan, *, tta, lcc, batch_size, overwrite, prog
                           disable=not progress):
         start = time.perf_counter()
         vol = io.load_nifti(path)
-        image, probs = _probabilities_loaded(model, vol, config, tta=tta, batch_size=batch_size)
+        image, probs = _mean_probabilities(members, vol, tta=tta, batch_size=batch_size)
         labels = _labels_from_probs(probs)
         if lcc:
             labels = keep_largest_component(labels)

@@ -18,6 +18,9 @@ Usage (from the repository root; one study at a time on a 2-core machine)::
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py shift_tta_test
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py canvas_test
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py cv_shift_tta
+    MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py curve_2d_rerun
+    MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py cv_2d_seed1
+    MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py cv_2d_seeds
 
 ``shipped`` trains nothing: it scores the shipped models, their 2D+3D ensemble and the largest-component
 post-processing on both halves (``benchmarks/accuracy/shipped_metrics.csv``). The same command run on the
@@ -48,6 +51,14 @@ least the training patch (``2d before``: only to a multiple of 16, a smaller can
 slices). ``shift_tta_test``
 reads the test half once for the 2D shift chosen there (``shift_tta_test_metrics.csv``), ``canvas_test`` once
 for the 2D canvas (``canvas_test_metrics.csv``).
+
+``curve_2d_rerun`` trains ``curve_2d``'s seed-0 runs above 20 cases again (same recipes), on the CPU and with
+the ``predict`` that ``curve_2d_seed1`` had, so that the two seeds there are scored alike (``curve_2d``'s were
+scored before the 2D canvas fix, on a CPU with AVX-512, and their models are gone).
+
+``cv_2d_seed1`` cross-validates the shipped 2D recipe again from seed 1 (same folds; an interrupted run
+resumes at its fold); ``cv_2d_seeds`` trains nothing: fold k's two 2D models and their probability ensemble
+score fold k's cases (``cv_2d_seeds_metrics.csv``), the fold ensemble of two trainings, without bias.
 
 ``report`` trains nothing either: it prints the README's tables (Markdown) from the committed tables.
 
@@ -131,6 +142,9 @@ def studies() -> dict[str, dict]:
     for n in (40, 80, 160):
         for aug_name, aug in (("none", False), ("nnunet", nnunet)):
             curve_seed1[f"n{n:03d}_s1_{aug_name}"] = _recipe(small, max_train_cases=n, augment=aug, seed=1)
+    # seed 0 above 20 cases again, trained and scored as curve_2d_seed1 was (this AVX2-only CPU, ``predict`` with
+    # the 2D canvas fix): the runs of curve_2d were scored before that fix, and their models are gone
+    curve_rerun = {name: recipe for name, recipe in curve.items() if int(name[1:4]) > 20}
     # the same curve for the 3D recipe: 10 of its 40 epochs, in bfloat16 (its "auto" precision on this CPU), one seed
     curve_3d = {}
     small_3d = _recipe(shipped("hippocampus_3d"), epochs=10)
@@ -149,6 +163,7 @@ def studies() -> dict[str, dict]:
         "screen_2d": {"recipes": screen_2d, "score": "select"},
         "curve_2d": {"recipes": curve, "score": "select"},
         "curve_2d_seed1": {"recipes": curve_seed1, "score": "select"},
+        "curve_2d_rerun": {"recipes": curve_rerun, "score": "select"},
         "curve_3d": {"recipes": curve_3d, "score": "select"},
         "final_2d": {"recipes": {"candidate": _recipe(shipped("hippocampus_2d"), augment=nnunet)},
                      "score": "test"},
@@ -213,15 +228,21 @@ def score_ensembles_3d() -> int:
     return score_members(members, "ensembles_3d_metrics", lcc_options=(False,))
 
 
-def cross_validate_shipped(dims: int, folds: int = 5) -> int:
-    """5-fold cross-validation of the shipped ``dims``-D recipe (last epoch) over all shared cases."""
+def cross_validate_shipped(dims: int, folds: int = 5, seed: int | None = None) -> int:
+    """5-fold cross-validation of the shipped ``dims``-D recipe (last epoch) over all shared cases.
+
+    ``seed`` trains every fold again from another initialisation and data order (same folds): the
+    study ``cv_2d_seed1``, whose fold models :func:`score_cv_seeds` pairs with ``cv_2d``'s.
+    """
     import pandas as pd
 
     from medseg_tf import settings
     from medseg_tf.crossval import cross_validate, summarize_folds
 
-    name = f"cv_{dims}d"
+    name = f"cv_{dims}d" + ("" if seed is None else f"_seed{seed}")
     recipe = _recipe(shipped(f"hippocampus_{dims}d"))
+    if seed is not None:
+        recipe["seed"] = seed
     # the shipped precision ("auto": float32 in 2D, mixed_bfloat16 in 3D on a CPU with AVX-512 BF16)
     recipe["mixed_precision"] = shipped(f"hippocampus_{dims}d")["mixed_precision"]
     out = Path("study") / name
@@ -273,6 +294,52 @@ def score_cv_ensemble(folds: int = 5) -> int:
     metrics.to_csv(OUT / "cv_ensemble_metrics.csv", index=False, float_format="%.6g")
     metrics["recipe"] = metrics["recipe"] + metrics["lcc"].map({True: " +lcc", False: ""})
     print(summarize_study(metrics).round(4).to_string())
+    return 0
+
+
+def score_cv_seeds(folds: int = 5) -> int:
+    """Two trainings of the 2D recipe per fold and their probability ensemble, cross-validated (prediction only).
+
+    ``cv_2d`` and ``cv_2d_seed1`` train the same recipe on the same folds from two seeds, so fold k's two
+    models never saw fold k's 40 cases: their ensemble (the mean of their class probabilities) scores each
+    of the 200 cases without bias (``cv_2d_seeds_metrics.csv``). Its cost: both trainings, and two
+    predictions per case. The single models' rows must reproduce their cross-validations' tables.
+    """
+    import pandas as pd
+
+    from medseg_tf import settings
+    from medseg_tf.crossval import paired_difference, score_run, summarize_folds
+    from medseg_tf.sources import open_dataset
+
+    dataset = open_dataset("hippocampus")
+    root = settings.runs_dir() / "study"
+    studies_ = {"2d": "cv_2d", "2d seed 1": "cv_2d_seed1"}
+    tables = []
+    for fold in range(folds):
+        runs = {name: root / study / f"fold_{fold}" for name, study in studies_.items()}
+        for run in runs.values():
+            if not (run / "model.keras").is_file() or not (run / "summary.json").is_file():
+                sys.exit(f"{run}: no finished fold model; run `accuracy_study.py {run.parent.name}` first")
+        vals = [json.loads((run / "split.json").read_text())["val"] for run in runs.values()]
+        if vals[0] != vals[1]:
+            sys.exit(f"fold {fold}: the two runs validate on different cases; rerun cv_2d_seed1")
+        for name, members in (*((n, [r]) for n, r in runs.items()), ("2d x2", list(runs.values()))):
+            table = score_run(members, vals[0], dataset=dataset)
+            tables.append(table.assign(fold=fold, recipe=name))
+        print(f"fold {fold} scored", flush=True)
+    metrics = pd.concat(tables, ignore_index=True)
+    for name, study in studies_.items():
+        mine = metrics[metrics["recipe"] == name].set_index(["case", "class"])["dice"]
+        committed = read(f"{study}_metrics").set_index(["case", "class"])["dice"]
+        gap = (mine - committed.reindex(mine.index)).abs()
+        gap = float("inf") if gap.isna().any() or len(mine) != len(committed) else float(gap.max())
+        if not gap < 1e-4:
+            sys.exit(f"{name}: differs from {study}_metrics.csv by up to {gap:.2g} Dice: not the same models")
+    OUT.mkdir(parents=True, exist_ok=True)
+    metrics.to_csv(OUT / "cv_2d_seeds_metrics.csv", index=False, float_format="%.6g")
+    for recipe, table in metrics.groupby("recipe", sort=False):
+        print(f"{recipe}:\n{summarize_folds(table).round(4).to_string()}")
+    print(paired_difference(metrics, "2d x2", "2d").round(4).to_string())
     return 0
 
 
@@ -513,6 +580,23 @@ def report() -> int:
                   "training minutes " + ", ".join(f"{m:.1f}" for m in runs1["minutes"]) + "; mean Dice of both "
                   "classes, 20 select cases):\n")
             print(_md(mean) + "\n")
+        if dims == 2 and (OUT / "curve_2d_rerun_metrics.csv").exists() and (OUT / "curve_2d_seed1_metrics.csv").exists():
+            rerun_runs = read("curve_2d_rerun_runs")
+            now = pd.concat([learning_curve(read("curve_2d_rerun_metrics"), rerun_runs),
+                             learning_curve(read("curve_2d_seed1_metrics"), read("curve_2d_seed1_runs"))])
+            table = now.groupby(["train_cases", "augmentation", "class"])["dice"].mean().unstack(["augmentation", "class"])
+            table.columns = [f"{cls} ({aug})" for aug, cls in table.columns]
+            print("Above 20 cases, both seeds trained and scored alike (`... accuracy_study.py curve_2d_rerun` for seed 0, "
+                  "`curve_2d_seed1` for seed 1; the AVX2-only CPU, `predict` with the 2D canvas fix; mean over the two "
+                  "seeds; seed-0 training minutes " + ", ".join(f"{m:.1f}" for m in rerun_runs["minutes"]) + "):\n")
+            print(_md(table) + "\n")
+            both_now = now.groupby(["train_cases", "augmentation", "seed"])["dice"].mean().unstack("seed")
+            both_now["s1 - s0"] = both_now["s1"] - both_now["s0"]
+            gain = both_now[["s0", "s1"]].mean(axis=1).unstack("augmentation")
+            print("Mean Dice of both classes per seed:\n")
+            print(_md(both_now) + "\n")
+            print("What the nnU-Net set adds (mean of both classes and both seeds, nnunet - none): "
+                  + ", ".join(f"{n} cases {v:+.4f}" for n, v in (gain["nnunet"] - gain["none"]).items()) + "\n")
 
     if (OUT / "wide_3d_metrics.csv").exists():
         chosen = select_comparison(OUT)[["Anterior", "Posterior", "mean", "interval"]]
@@ -588,6 +672,19 @@ def report() -> int:
         print(_md(table[["Anterior", "Posterior", "mean", "interval"]].rename(
             columns={"interval": "vs 2d (95 % interval)"}).fillna("")) + "\n")
 
+    if (OUT / "cv_2d_seeds_metrics.csv").exists():
+        seeds = read("cv_2d_seeds_metrics")
+        table = compare_recipes(seeds, {"2d seed 1": "2d", "2d x2": "2d"})
+        spent = [read(f"{study}_runs")["minutes"] for study in ("cv_2d", "cv_2d_seed1")]
+        print("Two trainings of the 2D recipe per fold (seeds 0 and 1, same folds) and their probability ensemble, "
+              "each fold on its own 40 cases (200 cases; mean Dice per case; `... accuracy_study.py cv_2d_seeds`; "
+              "training minutes of the two per fold: "
+              + ", ".join(f"{a:.1f} + {b:.1f}" for a, b in zip(*spent)) + "):\n")
+        print(_md(table[["Anterior", "Posterior", "mean", "interval"]].rename(
+            columns={"interval": "vs 2d (95 % interval)"}).fillna("")) + "\n")
+        print(_md(summarize_folds(seeds[seeds["recipe"] == "2d x2"])[["mean", "fold_mean", "fold_std", "fold_min",
+                                                                         "fold_max"]]) + "\n")
+
     if len(cv_tables) == 2:
         both = pd.concat([table.assign(recipe=name) for name, table in cv_tables.items()])
         d = paired_difference(both, "3d", "2d")
@@ -632,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
     all_studies = studies()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", choices=sorted([*all_studies, "shipped", "ensembles_3d", "cv_2d", "cv_3d", "cv_ensemble", "shift_tta",
-                                                       "shift_tta_test", "canvas_test", "cv_shift_tta",
+                                                       "shift_tta_test", "canvas_test", "cv_shift_tta", "cv_2d_seed1", "cv_2d_seeds",
                                                        "report"]))
     parser.add_argument("--only", nargs="*", help="train only these recipes of the study")
     args = parser.parse_args(argv)
@@ -659,6 +756,10 @@ def main(argv: list[str] | None = None) -> int:
         return score_cv_shift_tta()
     if args.study in ("cv_2d", "cv_3d"):
         return cross_validate_shipped(int(args.study[3]))
+    if args.study == "cv_2d_seed1":
+        return cross_validate_shipped(2, seed=1)
+    if args.study == "cv_2d_seeds":
+        return score_cv_seeds()
 
     study = all_studies[args.study]
     recipes = study["recipes"]

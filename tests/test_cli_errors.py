@@ -199,6 +199,41 @@ def test_predict_and_evaluate_warn_on_training_cases(capsys, tmp_path, images):
     one_line(err, "warning: 1 of 2 predicted cases")
 
 
+def test_predict_with_several_models_writes_their_ensemble(capsys, tmp_path, images):
+    """``--model A B``: the mean of the members' probabilities, as ``predict_ensemble`` computes it."""
+    from medseg_tf import io
+    from medseg_tf.inference import load_run, predict_ensemble
+
+    model_2d = settings.MODELS_DIR / "hippocampus_2d"
+    out = tmp_path / "pred"
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model_2d), str(MODEL_3D), "--images", str(images), "--out", str(out),
+                 "--no-progress"]) == 0
+    assert "with an ensemble of 2 models" in capsys.readouterr().out
+    members = [load_run(model_2d), load_run(MODEL_3D)]
+    singles = [load_run(MODEL_3D)]
+    for path in sorted(images.iterdir()):
+        written = np.asarray(io.load_nifti(out / path.name).data)
+        expected, _ = predict_ensemble(members, path)
+        np.testing.assert_array_equal(written, expected)
+        alone, _ = predict_ensemble(singles, path)
+        assert (written != alone).any()  # the 2D member counts
+
+
+@pytest.mark.parametrize("extra, flag, needle", [
+    (["--model", str(MODEL_3D), str(MODEL_3D)], "--model", "the same model twice"),
+    (["--model", str(MODEL_3D), str(MODEL_3D / "model.onnx")], "--model", "run folders (Keras models) only"),
+    (["--model", str(MODEL_3D), str(settings.MODELS_DIR / "hippocampus_2d"), "--temperature", "1.5"],
+     "--temperature", "not to an ensemble of 2"),
+])
+def test_predict_refuses_ensembles_it_cannot_make(capsys, tmp_path, images, extra, flag, needle):
+    out = tmp_path / "pred"
+    code, err = run(capsys, "predict", "--images", images, "--out", out, *extra)
+    assert code == 1
+    one_line(err, flag, needle)
+    assert not out.exists()
+
+
 # ----------------------------------------------------------------------------- evaluate
 @pytest.fixture
 def predictions(tmp_path) -> Path:
