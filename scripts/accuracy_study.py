@@ -19,6 +19,7 @@ Usage (from the repository root; one study at a time on a 2-core machine)::
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py canvas_test
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py cv_shift_tta
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py curve_2d_rerun
+    MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py curve_2d_canvas
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py cv_2d_seed1
     MEDSEG_HIPPOCAMPUS_DIR=../shared/data/msd_hippocampus python scripts/accuracy_study.py cv_2d_seeds
 
@@ -52,9 +53,13 @@ slices). ``shift_tta_test``
 reads the test half once for the 2D shift chosen there (``shift_tta_test_metrics.csv``), ``canvas_test`` once
 for the 2D canvas (``canvas_test_metrics.csv``).
 
-``curve_2d_rerun`` trains ``curve_2d``'s seed-0 runs above 20 cases again (same recipes), on the CPU and with
-the ``predict`` that ``curve_2d_seed1`` had, so that the two seeds there are scored alike (``curve_2d``'s were
-scored before the 2D canvas fix, on a CPU with AVX-512, and their models are gone).
+``curve_2d_rerun`` trains ``curve_2d``'s 18 runs again (same recipes), on the CPU and with the ``predict``
+that ``curve_2d_seed1`` had, so that every point of the 2D curve has two seeds scored alike (``curve_2d``'s
+runs were scored before the 2D canvas fix, on a CPU with AVX-512, and their models are gone).
+
+``curve_2d_canvas`` trains nothing: each ``curve_2d_rerun`` model predicts the select cases on the small 2D
+canvas ``predict`` used when ``curve_2d`` was scored and on the training patch's
+(``curve_2d_canvas_metrics.csv``): what separates the two curves.
 
 ``cv_2d_seed1`` cross-validates the shipped 2D recipe again from seed 1 (same folds; an interrupted run
 resumes at its fold); ``cv_2d_seeds`` trains nothing: fold k's two 2D models and their probability ensemble
@@ -142,9 +147,9 @@ def studies() -> dict[str, dict]:
     for n in (40, 80, 160):
         for aug_name, aug in (("none", False), ("nnunet", nnunet)):
             curve_seed1[f"n{n:03d}_s1_{aug_name}"] = _recipe(small, max_train_cases=n, augment=aug, seed=1)
-    # seed 0 above 20 cases again, trained and scored as curve_2d_seed1 was (this AVX2-only CPU, ``predict`` with
+    # curve_2d's 18 runs again, trained and scored as curve_2d_seed1 was (this AVX2-only CPU, ``predict`` with
     # the 2D canvas fix): the runs of curve_2d were scored before that fix, and their models are gone
-    curve_rerun = {name: recipe for name, recipe in curve.items() if int(name[1:4]) > 20}
+    curve_rerun = dict(curve)
     # the same curve for the 3D recipe: 10 of its 40 epochs, in bfloat16 (its "auto" precision on this CPU), one seed
     curve_3d = {}
     small_3d = _recipe(shipped("hippocampus_3d"), epochs=10)
@@ -441,6 +446,60 @@ def score_shift_tta(half: str = "select") -> int:
     return 0
 
 
+def score_curve_canvas() -> int:
+    """The re-trained 2D curve's models (``curve_2d_rerun``) predicted on both 2D canvases (prediction only).
+
+    ``curve_2d``'s figures were scored when ``predict`` padded a slice only to a multiple of 16; its models
+    are gone. Each ``curve_2d_rerun`` model (same recipe, same seed) predicts the 20 select cases on that
+    small canvas and on the training patch's, as ``predict`` does now (``curve_2d_canvas_metrics.csv``):
+    if the small canvas gives back the first curve's figures, the canvas, not the training, made the
+    difference between the two curves.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from medseg_tf import io, settings
+    from medseg_tf.crossval import split_halves
+    from medseg_tf.datasets import split_cases
+    from medseg_tf.inference import load_run
+    from medseg_tf.metrics import case_metrics
+    from medseg_tf.sliding import labels_from_probs, prepare_image
+    from medseg_tf.sources import open_dataset
+
+    dataset = open_dataset("hippocampus")
+    _, val_ids = split_cases(dataset.case_ids, 0.2, 0)
+    select, _ = split_halves(val_ids)
+    names = {i: n for i, n in enumerate(dataset.class_names) if i}
+    root = settings.runs_dir() / "study" / "curve_2d_rerun"
+    rows = []
+    for recipe in studies()["curve_2d_rerun"]["recipes"]:
+        if not (root / recipe / "summary.json").is_file():
+            sys.exit(f"{root / recipe}: no finished run; run `accuracy_study.py curve_2d_rerun` first")
+        model, spec = load_run(root / recipe)
+        for case_id in select:
+            case = dataset.case(case_id)
+            vol, reference = io.load_nifti(case.image_path), io.load_nifti(case.label_path)
+            truth = np.asarray(reference.data).astype(np.int64)
+            image, _ = prepare_image(vol, spec)
+            for canvas in (False, True):
+                probs, _ = _shifted_probabilities(model, spec, image, 0, canvas=canvas)
+                labels = io.reorient_from_ras(labels_from_probs(probs), vol)
+                for row in case_metrics(labels, truth, reference.spacing, names, 1.0):
+                    rows.append({"recipe": recipe, "canvas": "patch" if canvas else "small", "case": case_id, **row})
+        print(f"{recipe} scored", flush=True)
+    metrics = pd.DataFrame(rows)
+    OUT.mkdir(parents=True, exist_ok=True)
+    metrics.to_csv(OUT / "curve_2d_canvas_metrics.csv", index=False, float_format="%.6g")
+    plain = metrics[metrics["canvas"] == "patch"].set_index(["recipe", "case", "class"])["dice"]
+    committed = read("curve_2d_rerun_metrics").set_index(["recipe", "case", "class"])["dice"]
+    gap = (plain - committed.reindex(plain.index)).abs()
+    gap = float("inf") if gap.isna().any() else float(gap.max())
+    if not gap < 1e-4:
+        sys.exit(f"the patch-canvas predictions differ from curve_2d_rerun_metrics.csv by up to {gap:.2g} Dice")
+    print(metrics.groupby(["recipe", "canvas"])["dice"].mean().unstack().round(4).to_string())
+    return 0
+
+
 def score_cv_shift_tta(folds: int = 5) -> int:
     """Translation test-time augmentation (and LCC) on the 2D cross-validation folds (prediction only).
 
@@ -597,6 +656,26 @@ def report() -> int:
             print(_md(both_now) + "\n")
             print("What the nnU-Net set adds (mean of both classes and both seeds, nnunet - none): "
                   + ", ".join(f"{n} cases {v:+.4f}" for n, v in (gain["nnunet"] - gain["none"]).items()) + "\n")
+        if dims == 2 and (OUT / "curve_2d_canvas_metrics.csv").exists():
+            canvas = read("curve_2d_canvas_metrics")
+            rerun_runs = read("curve_2d_rerun_runs")
+            cols = {}
+            for name, table in (("first run (small canvas)", read("curve_2d_metrics")),
+                                ("re-trained, small canvas", canvas[canvas["canvas"] == "small"]),
+                                ("re-trained, patch canvas", canvas[canvas["canvas"] == "patch"])):
+                curve_ = learning_curve(table, rerun_runs)
+                cols[name] = curve_.groupby(["train_cases", "augmentation", "seed"])["dice"].mean()
+            compared = pd.DataFrame(cols)
+            compared["small - first"] = compared.iloc[:, 1] - compared.iloc[:, 0]
+            print("The first 2D curve against its runs re-trained (`curve_2d_rerun`, same recipes and seeds) and predicted "
+                  "on the small 2D canvas of the first run's `predict` and on the training patch's (`... accuracy_study.py "
+                  "curve_2d_canvas`; mean Dice of both classes, 20 select cases):\n")
+            print(_md(compared) + "\n")
+            shift = compared["small - first"].abs()
+            print(f"Re-trained and predicted as the first run was, the points move by {shift.median():.4f} (median) "
+                  f"and at most {shift.max():.4f}; the canvas moves them by "
+                  f"{(compared.iloc[:, 2] - compared.iloc[:, 1]).min():+.4f} to "
+                  f"{(compared.iloc[:, 2] - compared.iloc[:, 1]).max():+.4f}\n")
 
     if (OUT / "wide_3d_metrics.csv").exists():
         chosen = select_comparison(OUT)[["Anterior", "Posterior", "mean", "interval"]]
@@ -729,7 +808,7 @@ def main(argv: list[str] | None = None) -> int:
     all_studies = studies()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", choices=sorted([*all_studies, "shipped", "ensembles_3d", "cv_2d", "cv_3d", "cv_ensemble", "shift_tta",
-                                                       "shift_tta_test", "canvas_test", "cv_shift_tta", "cv_2d_seed1", "cv_2d_seeds",
+                                                       "shift_tta_test", "canvas_test", "cv_shift_tta", "cv_2d_seed1", "cv_2d_seeds", "curve_2d_canvas",
                                                        "report"]))
     parser.add_argument("--only", nargs="*", help="train only these recipes of the study")
     args = parser.parse_args(argv)
@@ -760,6 +839,8 @@ def main(argv: list[str] | None = None) -> int:
         return cross_validate_shipped(2, seed=1)
     if args.study == "cv_2d_seeds":
         return score_cv_seeds()
+    if args.study == "curve_2d_canvas":
+        return score_curve_canvas()
 
     study = all_studies[args.study]
     recipes = study["recipes"]
