@@ -645,9 +645,11 @@ def report() -> int:
                              learning_curve(read("curve_2d_seed1_metrics"), read("curve_2d_seed1_runs"))])
             table = now.groupby(["train_cases", "augmentation", "class"])["dice"].mean().unstack(["augmentation", "class"])
             table.columns = [f"{cls} ({aug})" for aug, cls in table.columns]
-            print("Above 20 cases, both seeds trained and scored alike (`... accuracy_study.py curve_2d_rerun` for seed 0, "
-                  "`curve_2d_seed1` for seed 1; the AVX2-only CPU, `predict` with the 2D canvas fix; mean over the two "
-                  "seeds; seed-0 training minutes " + ", ".join(f"{m:.1f}" for m in rerun_runs["minutes"]) + "):\n")
+            spent = pd.concat([rerun_runs, read("curve_2d_seed1_runs")])["minutes"]
+            print("The 2D curve with two seeds at every size, trained and scored alike (`... accuracy_study.py "
+                  "curve_2d_rerun`, and `curve_2d_seed1` for seed 1 above 20 cases; the AVX2-only CPU, `predict` with "
+                  f"the 2D canvas fix; mean over the two seeds; {len(spent)} runs of {spent.min():.1f}-{spent.max():.1f} "
+                  "training minutes):\n")
             print(_md(table) + "\n")
             both_now = now.groupby(["train_cases", "augmentation", "seed"])["dice"].mean().unstack("seed")
             both_now["s1 - s0"] = both_now["s1"] - both_now["s0"]

@@ -222,6 +222,10 @@ def test_study_report_reads_the_committed_tables(capsys):
     for dims in (2, 3):
         if (study.OUT / f"curve_{dims}d_metrics.csv").exists():
             assert f"Learning curve ({dims}D, 10 epochs" in out
+    if (study.OUT / "curve_2d_canvas_metrics.csv").exists():
+        assert "two seeds at every size" in out and "predicted on the small 2D canvas" in out
+        canvas = pd.read_csv(study.OUT / "curve_2d_canvas_metrics.csv")
+        assert set(canvas["canvas"]) == {"small", "patch"} and canvas["recipe"].nunique() == 18
     if all((study.OUT / f"cv_{dims}d_metrics.csv").exists() for dims in (2, 3)):
         assert "3D minus 2D recipe" in out and out.count("-fold cross-validation of the shipped") == 2
 
