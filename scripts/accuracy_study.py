@@ -302,6 +302,20 @@ def score_cv_ensemble(folds: int = 5) -> int:
     return 0
 
 
+def _check_reproduces(scores, table: str, what: str, keys=("case", "class")) -> None:
+    """Exit unless the Dice of ``scores`` equal the committed ``table``'s, row for row (by ``keys``), within 1e-4.
+
+    A study that predicts again with models it did not train checks them this way: its plain predictions
+    must give back the table the models were scored into when they were trained.
+    """
+    mine = scores.set_index(list(keys))["dice"]
+    committed = read(table).set_index(list(keys))["dice"]
+    gap = (mine - committed.reindex(mine.index)).abs()
+    gap = float("inf") if gap.isna().any() or len(mine) != len(committed) else float(gap.max())
+    if not gap < 1e-4:
+        sys.exit(f"{what}: differs from {table}.csv by up to {gap:.2g} Dice: not the same models")
+
+
 def score_cv_seeds(folds: int = 5) -> int:
     """Two trainings of the 2D recipe per fold and their probability ensemble, cross-validated (prediction only).
 
@@ -334,12 +348,7 @@ def score_cv_seeds(folds: int = 5) -> int:
         print(f"fold {fold} scored", flush=True)
     metrics = pd.concat(tables, ignore_index=True)
     for name, study in studies_.items():
-        mine = metrics[metrics["recipe"] == name].set_index(["case", "class"])["dice"]
-        committed = read(f"{study}_metrics").set_index(["case", "class"])["dice"]
-        gap = (mine - committed.reindex(mine.index)).abs()
-        gap = float("inf") if gap.isna().any() or len(mine) != len(committed) else float(gap.max())
-        if not gap < 1e-4:
-            sys.exit(f"{name}: differs from {study}_metrics.csv by up to {gap:.2g} Dice: not the same models")
+        _check_reproduces(metrics[metrics["recipe"] == name], f"{study}_metrics", name)
     OUT.mkdir(parents=True, exist_ok=True)
     metrics.to_csv(OUT / "cv_2d_seeds_metrics.csv", index=False, float_format="%.6g")
     for recipe, table in metrics.groupby("recipe", sort=False):
@@ -490,12 +499,8 @@ def score_curve_canvas() -> int:
     metrics = pd.DataFrame(rows)
     OUT.mkdir(parents=True, exist_ok=True)
     metrics.to_csv(OUT / "curve_2d_canvas_metrics.csv", index=False, float_format="%.6g")
-    plain = metrics[metrics["canvas"] == "patch"].set_index(["recipe", "case", "class"])["dice"]
-    committed = read("curve_2d_rerun_metrics").set_index(["recipe", "case", "class"])["dice"]
-    gap = (plain - committed.reindex(plain.index)).abs()
-    gap = float("inf") if gap.isna().any() else float(gap.max())
-    if not gap < 1e-4:
-        sys.exit(f"the patch-canvas predictions differ from curve_2d_rerun_metrics.csv by up to {gap:.2g} Dice")
+    _check_reproduces(metrics[metrics["canvas"] == "patch"], "curve_2d_rerun_metrics", "the patch-canvas predictions",
+                      keys=("recipe", "case", "class"))
     print(metrics.groupby(["recipe", "canvas"])["dice"].mean().unstack().round(4).to_string())
     return 0
 
@@ -544,12 +549,7 @@ def score_cv_shift_tta(folds: int = 5) -> int:
                         rows.append({"fold": fold, "recipe": recipe, "case": case_id, **row})
         print(f"fold {fold} scored", flush=True)
     metrics = pd.DataFrame(rows)
-    plain = metrics[metrics["recipe"] == "2d"].set_index(["case", "class"])["dice"]
-    committed = read("cv_2d_metrics").set_index(["case", "class"])["dice"]
-    gap = (plain - committed.reindex(plain.index)).abs()
-    gap = float("inf") if gap.isna().any() or len(plain) != len(committed) else float(gap.max())
-    if not gap < 1e-4:
-        sys.exit(f"the plain predictions differ from cv_2d_metrics.csv by up to {gap:.2g} Dice: not the same models")
+    _check_reproduces(metrics[metrics["recipe"] == "2d"], "cv_2d_metrics", "the plain predictions")
     OUT.mkdir(parents=True, exist_ok=True)
     metrics.to_csv(OUT / "cv_shift_tta_metrics.csv", index=False, float_format="%.6g")
     for recipe, table in metrics.groupby("recipe", sort=False):
