@@ -172,6 +172,10 @@ def studies() -> dict[str, dict]:
         "curve_3d": {"recipes": curve_3d, "score": "select"},
         "final_2d": {"recipes": {"candidate": _recipe(shipped("hippocampus_2d"), augment=nnunet)},
                      "score": "test"},
+        # the shipped 2D model's twin from seed 1 (same recipe, split and cases): the second member of the 2D
+        # ensemble that cv_2d_seeds cross-validates
+        "final_2d_seed1": {"recipes": {"candidate": _recipe(shipped("hippocampus_2d"), augment=nnunet, seed=1)},
+                           "score": "test"},
         "final_3d": {"recipes": {"candidate": _recipe(shipped("hippocampus_3d"), augment=nnunet)},
                      "score": "test"},
         # capacity: the 3D candidate's training Dice (0.91) is above its validation Dice (0.877), which
@@ -393,6 +397,28 @@ def _shifted_probabilities(model, spec, image, reach: int, centred: bool = False
     return total / len(placements), len(placements)
 
 
+def _load_case(dataset, case_id: str, spec) -> tuple:
+    """One case for the studies that predict again: (its image volume, the reference labels as int64, their
+    spacing in mm, the image as ``predict`` prepares it for ``spec``'s model: RAS, normalised, channels-last)."""
+    import numpy as np
+
+    from medseg_tf import io
+    from medseg_tf.sliding import prepare_image
+
+    case = dataset.case(case_id)
+    vol, reference = io.load_nifti(case.image_path), io.load_nifti(case.label_path)
+    image, _ = prepare_image(vol, spec)
+    return vol, np.asarray(reference.data).astype(np.int64), reference.spacing, image
+
+
+def _score_ras(ras_labels, vol, truth, spacing, names: dict) -> list[dict]:
+    """Per-class metric rows (``metrics.case_metrics``) of a label map in RAS, put back on ``vol``'s grid."""
+    from medseg_tf import io
+    from medseg_tf.metrics import case_metrics
+
+    return case_metrics(io.reorient_from_ras(ras_labels, vol), truth, spacing, names, 1.0)
+
+
 def score_shift_tta(half: str = "select") -> int:
     """Translation test-time augmentation and the 2D prediction canvas, shipped models (prediction only).
 
@@ -404,15 +430,12 @@ def score_shift_tta(half: str = "select") -> int:
     """
     import time
 
-    import numpy as np
     import pandas as pd
 
-    from medseg_tf import io
     from medseg_tf.crossval import compare_recipes, split_halves
     from medseg_tf.datasets import split_cases
     from medseg_tf.inference import load_run
-    from medseg_tf.metrics import case_metrics
-    from medseg_tf.sliding import labels_from_probs, prepare_image
+    from medseg_tf.sliding import labels_from_probs
     from medseg_tf.sources import open_dataset
 
     dataset = open_dataset("hippocampus")
@@ -430,18 +453,14 @@ def score_shift_tta(half: str = "select") -> int:
     for dims, reaches in variants.items():
         model, spec = load_run(ROOT / "models" / f"hippocampus_{dims}d")
         for case_id in cases:
-            case = dataset.case(case_id)
-            vol, reference = io.load_nifti(case.image_path), io.load_nifti(case.label_path)
-            image, _ = prepare_image(vol, spec)
+            vol, truth, spacing, image = _load_case(dataset, case_id, spec)
             for reach, centred, canvas in reaches:
                 start = time.perf_counter()
                 probs, placements = _shifted_probabilities(model, spec, image, reach, centred, canvas)
                 seconds = time.perf_counter() - start
-                labels = io.reorient_from_ras(labels_from_probs(probs), vol)
                 recipe = (f"{dims}d" + ("" if canvas else " before") + (f" canvas +{2 * reach}" if centred else
                                        f" shift {reach} x{placements}" if reach else ""))
-                for row in case_metrics(labels, np.asarray(reference.data).astype(np.int64), reference.spacing,
-                                        names, 1.0):
+                for row in _score_ras(labels_from_probs(probs), vol, truth, spacing, names):
                     rows.append({"recipe": recipe, "case": case_id, **row, "seconds": seconds})  # rough: not timed alone
             print(f"{dims}D {case_id} scored", flush=True)
     metrics = pd.DataFrame(rows)
@@ -464,15 +483,13 @@ def score_curve_canvas() -> int:
     if the small canvas gives back the first curve's figures, the canvas, not the training, made the
     difference between the two curves.
     """
-    import numpy as np
     import pandas as pd
 
-    from medseg_tf import io, settings
+    from medseg_tf import settings
     from medseg_tf.crossval import split_halves
     from medseg_tf.datasets import split_cases
     from medseg_tf.inference import load_run
-    from medseg_tf.metrics import case_metrics
-    from medseg_tf.sliding import labels_from_probs, prepare_image
+    from medseg_tf.sliding import labels_from_probs
     from medseg_tf.sources import open_dataset
 
     dataset = open_dataset("hippocampus")
@@ -486,14 +503,10 @@ def score_curve_canvas() -> int:
             sys.exit(f"{root / recipe}: no finished run; run `accuracy_study.py curve_2d_rerun` first")
         model, spec = load_run(root / recipe)
         for case_id in select:
-            case = dataset.case(case_id)
-            vol, reference = io.load_nifti(case.image_path), io.load_nifti(case.label_path)
-            truth = np.asarray(reference.data).astype(np.int64)
-            image, _ = prepare_image(vol, spec)
+            vol, truth, spacing, image = _load_case(dataset, case_id, spec)
             for canvas in (False, True):
                 probs, _ = _shifted_probabilities(model, spec, image, 0, canvas=canvas)
-                labels = io.reorient_from_ras(labels_from_probs(probs), vol)
-                for row in case_metrics(labels, truth, reference.spacing, names, 1.0):
+                for row in _score_ras(labels_from_probs(probs), vol, truth, spacing, names):
                     rows.append({"recipe": recipe, "canvas": "patch" if canvas else "small", "case": case_id, **row})
         print(f"{recipe} scored", flush=True)
     metrics = pd.DataFrame(rows)
@@ -514,15 +527,13 @@ def score_cv_shift_tta(folds: int = 5) -> int:
     every variant scores all 200 cases by a model that never trained on them
     (``cv_shift_tta_metrics.csv``). The plain rows must reproduce ``cv_2d_metrics.csv``.
     """
-    import numpy as np
     import pandas as pd
 
-    from medseg_tf import io, settings
+    from medseg_tf import settings
     from medseg_tf.crossval import paired_difference, summarize_folds
     from medseg_tf.inference import load_run
     from medseg_tf.postprocessing import keep_largest_component
-    from medseg_tf.metrics import case_metrics
-    from medseg_tf.sliding import labels_from_probs, prepare_image
+    from medseg_tf.sliding import labels_from_probs
     from medseg_tf.sources import open_dataset
 
     dataset = open_dataset("hippocampus")
@@ -535,17 +546,13 @@ def score_cv_shift_tta(folds: int = 5) -> int:
             sys.exit(f"{run}: no trained fold model; run `accuracy_study.py cv_2d` first")
         model, spec = load_run(run)
         for case_id in json.loads((run / "split.json").read_text())["val"]:
-            case = dataset.case(case_id)
-            vol, reference = io.load_nifti(case.image_path), io.load_nifti(case.label_path)
-            truth = np.asarray(reference.data).astype(np.int64)
-            image, _ = prepare_image(vol, spec)
+            vol, truth, spacing, image = _load_case(dataset, case_id, spec)
             for reach in (0, 4):
                 probs, placements = _shifted_probabilities(model, spec, image, reach)
                 ras = labels_from_probs(probs)
                 for lcc in (False, True):
-                    labels = io.reorient_from_ras(keep_largest_component(ras) if lcc else ras, vol)
                     recipe = "2d" + (f" shift {reach} x{placements}" if reach else "") + (" +lcc" if lcc else "")
-                    for row in case_metrics(labels, truth, reference.spacing, names, 1.0):
+                    for row in _score_ras(keep_largest_component(ras) if lcc else ras, vol, truth, spacing, names):
                         rows.append({"fold": fold, "recipe": recipe, "case": case_id, **row})
         print(f"fold {fold} scored", flush=True)
     metrics = pd.DataFrame(rows)
@@ -618,8 +625,10 @@ def report() -> int:
         table = table.unstack(["augmentation", "class"])
         table.columns = [f"{cls} ({aug})" for aug, cls in table.columns]
         table["minutes"] = curve_runs.groupby("train_cases")["minutes"].mean().map(lambda m: f"{m:.1f}")
+        first_run = (" (its first run, scored before the 2D canvas fix: superseded by the two-seed table below)"
+                     if dims == 2 and (OUT / "curve_2d_rerun_runs.csv").exists() else "")
         print(f"Learning curve ({dims}D, {curve_runs['epochs'].iloc[0]} epochs, 20 select cases; mean over the "
-              "seeds; minutes: mean training time of a run):\n")
+              f"seeds; minutes: mean training time of a run){first_run}:\n")
         print(_md(table) + "\n")
         both = per_seed.groupby(["train_cases", "augmentation", "seed"])["dice"].mean()
         if per_seed["seed"].nunique() > 1:
@@ -627,25 +636,16 @@ def report() -> int:
             n, aug = gap.idxmax()
             print(f"Largest difference between two seeds (mean of both classes): {gap.max():.4f} at {n} cases "
                   f"(augmentation {aug})\n")
-        if dims == 2 and (OUT / "curve_2d_seed1_metrics.csv").exists():
-            runs1 = read("curve_2d_seed1_runs")
-            first = learning_curve(read(f"curve_{dims}d_metrics"), curve_runs)
-            second = learning_curve(read("curve_2d_seed1_metrics"), runs1)
-            sizes = sorted(second["train_cases"].unique())
-            rows = pd.concat([first[first["train_cases"].isin(sizes) & (first["seed"] == "s0")], second])
-            mean = rows.groupby(["train_cases", "augmentation", "seed"])["dice"].mean().unstack("seed")
-            mean["s1 - s0"] = mean["s1"] - mean["s0"]
-            print("A second seed above 20 cases (`... accuracy_study.py curve_2d_seed1`, trained on the AVX2-only CPU, "
-                  "training minutes " + ", ".join(f"{m:.1f}" for m in runs1["minutes"]) + "; mean Dice of both "
-                  "classes, 20 select cases):\n")
-            print(_md(mean) + "\n")
-        if dims == 2 and (OUT / "curve_2d_rerun_metrics.csv").exists() and (OUT / "curve_2d_seed1_metrics.csv").exists():
-            rerun_runs = read("curve_2d_rerun_runs")
+        # the 2D curve re-trained (curve_2d_rerun) and its seed 1 above 20 cases (curve_2d_seed1) supersede the
+        # first run's points (scored before the 2D canvas fix): see curve_2d_canvas below
+        rerun_runs = read("curve_2d_rerun_runs") if dims == 2 and (OUT / "curve_2d_rerun_runs.csv").exists() else None
+        if rerun_runs is not None and (OUT / "curve_2d_seed1_metrics.csv").exists():
+            seed1_runs = read("curve_2d_seed1_runs")
             now = pd.concat([learning_curve(read("curve_2d_rerun_metrics"), rerun_runs),
-                             learning_curve(read("curve_2d_seed1_metrics"), read("curve_2d_seed1_runs"))])
+                             learning_curve(read("curve_2d_seed1_metrics"), seed1_runs)])
             table = now.groupby(["train_cases", "augmentation", "class"])["dice"].mean().unstack(["augmentation", "class"])
             table.columns = [f"{cls} ({aug})" for aug, cls in table.columns]
-            spent = pd.concat([rerun_runs, read("curve_2d_seed1_runs")])["minutes"]
+            spent = pd.concat([rerun_runs, seed1_runs])["minutes"]
             print("The 2D curve with two seeds at every size, trained and scored alike (`... accuracy_study.py "
                   "curve_2d_rerun`, and `curve_2d_seed1` for seed 1 above 20 cases; the AVX2-only CPU, `predict` with "
                   f"the 2D canvas fix; mean over the two seeds; {len(spent)} runs of {spent.min():.1f}-{spent.max():.1f} "
@@ -658,9 +658,8 @@ def report() -> int:
             print(_md(both_now) + "\n")
             print("What the nnU-Net set adds (mean of both classes and both seeds, nnunet - none): "
                   + ", ".join(f"{n} cases {v:+.4f}" for n, v in (gain["nnunet"] - gain["none"]).items()) + "\n")
-        if dims == 2 and (OUT / "curve_2d_canvas_metrics.csv").exists():
+        if rerun_runs is not None and (OUT / "curve_2d_canvas_metrics.csv").exists():
             canvas = read("curve_2d_canvas_metrics")
-            rerun_runs = read("curve_2d_rerun_runs")
             cols = {}
             for name, table in (("first run (small canvas)", read("curve_2d_metrics")),
                                 ("re-trained, small canvas", canvas[canvas["canvas"] == "small"]),

@@ -267,6 +267,131 @@ For reference, nnU-Net reports about 0.90 (Anterior) and 0.89 (Posterior) Dice a
 """
 
 
+def ensemble_cv_text(cv: Path, cv_runs: list[Path], class_names: list[str]) -> str:
+    """The "Ensemble" section's cross-validation part: every recipe of ``cv`` (a per-case table with
+    ``recipe``, ``fold``, ``case``, ``class``, ``dice``, holding the ensemble as ``2d x2`` and its single
+    members, e.g. ``accuracy_study.py cv_2d_seeds``) summarised over folds, the ensemble minus the first
+    single model case by case, and the training minutes of both members per fold (``cv_runs``: one runs
+    table per member, summed fold by fold)."""
+    import pandas as pd
+
+    from medseg_tf.crossval import paired_difference, summarize_folds
+
+    if not cv.is_file():
+        sys.exit(f"{cv}: no such table")
+    per_case = pd.read_csv(cv, dtype={"case": str})
+    if not {"recipe", "fold", "case", "class", "dice"} <= set(per_case.columns) or \
+            "2d x2" not in set(per_case["recipe"]) or per_case["recipe"].nunique() < 2:
+        sys.exit(f"{cv}: not a cross-validation table of an ensemble and its members (rows recipe=2d x2 and others)")
+    rows = []
+    for recipe, group in per_case.groupby("recipe", sort=False):
+        folds = summarize_folds(group)
+        for cls in class_names:
+            rows.append(f"| {recipe} | {cls} | {folds.loc[cls, 'mean']:.4f} | {folds.loc[cls, 'fold_mean']:.4f} "
+                        f"± {folds.loc[cls, 'fold_std']:.4f} | {folds.loc[cls, 'fold_min']:.4f} - "
+                        f"{folds.loc[cls, 'fold_max']:.4f} |")
+    single = [r for r in per_case["recipe"].unique() if r != "2d x2"][0]
+    diff = paired_difference(per_case, "2d x2", single)
+    gains = "; ".join(f"{idx} {row['diff']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}]"
+                      for idx, row in diff.iterrows())
+    fold_minutes = ""
+    if cv_runs:
+        for path in cv_runs:
+            if not path.is_file():
+                sys.exit(f"{path}: no such table")
+        tables = [pd.read_csv(path)["minutes"].to_numpy() for path in cv_runs]
+        if len({len(t) for t in tables}) > 1:
+            sys.exit(f"{', '.join(p.as_posix() for p in cv_runs)}: the runs tables have different numbers of folds")
+        per_fold = sum(tables)
+        fold_minutes = (f" Training the {len(tables)} members of a fold took "
+                        f"{', '.join(f'{v:.1f}' for v in per_fold)} minutes on this 2-core CPU (folds "
+                        f"0-{len(per_fold) - 1}; {', '.join(f'`{p.as_posix()}`' for p in cv_runs)}).")
+    return f"""
+Cross-validation (the unbiased estimate of the ensemble): the recipe trained once per seed on the same five folds
+of the 200 shared cases, each case scored once by its fold's models, which never trained on it, and by their
+ensemble. Table: `{cv.as_posix()}`.{fold_minutes}
+
+| members | class | Dice mean over cases | mean ± std over folds | fold range |
+|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Ensemble minus `{single}` alone, case by case (mean, 95 % bootstrap interval over cases): {gains}.
+"""
+
+
+def ensemble_section(members: list[Path], dataset, val_ids: list[str], cv_text: str, note: str) -> str:
+    """Predict the held-out cases with the ensemble of ``members`` (shipped model folders trained on the same
+    split), write ``metrics_val_ensemble.csv`` into the last member and return the cards' "Ensemble" section
+    (``cv_text``: :func:`ensemble_cv_text`, or empty).
+
+    The ensemble is the mean of the members' class probabilities (``predict --model A B``).
+    """
+    from medseg_tf.crossval import split_halves
+    from medseg_tf.inference import predict_folder
+    from medseg_tf.metrics import evaluate_folder, summarize
+
+    splits = [json.loads((m / "split.json").read_text())["val"] for m in members]
+    if any(sorted(s) != sorted(val_ids) for s in splits):
+        sys.exit(f"{', '.join(m.as_posix() for m in members)}: the members hold out different cases")
+    with tempfile.TemporaryDirectory() as tmp:
+        images = Path(tmp) / "images"
+        images.mkdir()
+        for case_id in val_ids:
+            os.symlink(dataset.case(case_id).image_path, images / f"{case_id}.nii.gz")
+        start = time.perf_counter()
+        timing = predict_folder(list(members), images, Path(tmp) / "pred", progress=False)
+        seconds = time.perf_counter() - start
+        table = evaluate_folder(Path(tmp) / "pred", dataset.root / "labelsTr", progress=False)
+    table.to_csv(members[-1] / "metrics_val_ensemble.csv", index=False)
+    classes = dataset.class_names[1:]
+    summ = summarize(table)
+    heldout = [f"| {cls} | {summ.loc[(cls, 'dice'), 'mean']:.4f} ± {summ.loc[(cls, 'dice'), 'std']:.4f} | "
+               f"{summ.loc[(cls, 'hd95'), 'mean']:.2f} | {summ.loc[(cls, 'nsd'), 'mean']:.4f} |" for cls in classes]
+    _, test = split_halves(val_ids)
+    on_test = table[table["case"].isin(test)]
+    test_rows = [f"| {cls} | {on_test.loc[on_test['class'] == cls, 'dice'].mean():.4f} |" for cls in classes]
+    minutes = [json.loads((m / "summary.json").read_text()).get("seconds_this_session", float("nan")) / 60
+               for m in members]
+    return f"""## Ensemble of {' and '.join(m.name for m in members)}
+The mean of the {len(members)} models' class probabilities on each image's grid, then the arg-max:
+`python -m medseg_tf predict --model {' '.join(m.as_posix() for m in members)} --images IMAGES --out OUT`
+(`medseg_tf.inference.predict_ensemble`). {note}
+Training minutes of the members (their `summary.json`): {', '.join(f'{m.name} {v:.1f}' for m, v in zip(members, minutes))}.
+{cv_text}
+The held-out cases of the split ({len(val_ids)}; `{members[-1].as_posix()}/metrics_val_ensemble.csv`; prediction
+{seconds / max(1, len(timing)):.2f} s per volume including I/O, {_machine()}):
+
+| class | Dice mean ± std | HD95 (mm) mean | surface Dice @1 mm |
+|---|---|---|---|
+{chr(10).join(heldout)}
+
+Of these, the {len(test)} test cases (`crossval.split_halves`), which chose neither the recipe nor the 2D canvas (the
+cross-validation above, which chose the ensemble, covers them too):
+
+| class | Dice mean |
+|---|---|
+{chr(10).join(test_rows)}
+"""
+
+
+def update_ensemble(members: list[Path], cv: Path | None, cv_runs: list[Path], note: str) -> int:
+    """Write the "Ensemble" section into every member's card (``metrics_val_ensemble.csv`` into the last)."""
+    from medseg_tf.training import TrainConfig, open_dataset
+
+    for member in members:
+        if not (member / "MODEL_CARD.md").is_file():
+            sys.exit(f"{member}: not a shipped model (no MODEL_CARD.md)")
+    dataset = open_dataset(TrainConfig.from_json(members[0] / "config.json").data)
+    cv_text = ensemble_cv_text(cv, cv_runs, dataset.class_names[1:]) if cv is not None else ""
+    val_ids = json.loads((members[0] / "split.json").read_text())["val"]
+    section = ensemble_section(members, dataset, val_ids, cv_text, note)
+    for member in members:
+        card_path = member / "MODEL_CARD.md"
+        card_path.write_text(replace_section(card_path.read_text(), section, before="## Without TensorFlow"))
+    print(section)
+    return 0
+
+
 def rescore(dest: Path) -> int:
     """Re-predict a shipped model's held-out cases with the current ``predict`` and rewrite that section."""
     from medseg_tf.training import TrainConfig, open_dataset
@@ -297,13 +422,27 @@ def main(argv=None) -> int:
                         help="only rewrite the card's 'Estimate on test cases' section of --dest from --estimate")
     parser.add_argument("--cv", type=Path, help="cross-validation table of the recipe (crossval.cross_validate, "
                                                 "e.g. benchmarks/accuracy/cv_2d_metrics.csv)")
-    parser.add_argument("--cv-runs", type=Path, help="its runs table (minutes per fold)")
+    parser.add_argument("--cv-runs", type=Path, nargs="+", default=[],
+                        help="its runs table (minutes per fold); with --ensemble-with, one per member")
     parser.add_argument("--cv-note", default="", help="how the folds were run, for the card")
     parser.add_argument("--cv-only", action="store_true",
                         help="only rewrite the card's 'Cross-validation of the recipe' section of --dest from --cv")
     parser.add_argument("--command", help="the training command for the card (default: `train --config "
                                           "configs/<dest name>.json` and this script)")
+    parser.add_argument("--ensemble-with", type=Path, nargs="+", metavar="MODEL",
+                        help="only write the 'Ensemble' section into the cards of these shipped models and --dest "
+                             "(the ensemble of them all) and --dest/metrics_val_ensemble.csv; --cv then holds the "
+                             "ensemble's cross-validation (rows recipe=2d x2), --cv-runs one runs table per member")
+    parser.add_argument("--ensemble-note", default="", help="a sentence about the ensemble for the cards")
     args = parser.parse_args(argv)
+    if args.ensemble_with:
+        members = [*args.ensemble_with, args.dest]
+        if len({m.resolve() for m in members}) < len(members):
+            parser.error("--ensemble-with: a model is named twice")
+        return update_ensemble(members, args.cv, args.cv_runs, args.ensemble_note)
+    if len(args.cv_runs) > 1:
+        parser.error("--cv-runs: one table (several only with --ensemble-with)")
+    cv_runs = args.cv_runs[0] if args.cv_runs else None
     if args.onnx_only:
         return update_onnx_only(args.dest)
     if args.rescore:
@@ -316,7 +455,7 @@ def main(argv=None) -> int:
     if args.cv_only:
         if args.cv is None:
             parser.error("--cv-only needs --cv TABLE")
-        return update_card_section(args.dest, cv_section(args.cv, args.cv_runs, args.cv_note, _class_names(args.dest)))
+        return update_card_section(args.dest, cv_section(args.cv, cv_runs, args.cv_note, _class_names(args.dest)))
     if args.run is None:
         parser.error("the run folder is required (unless --onnx-only)")
 
@@ -352,7 +491,7 @@ def main(argv=None) -> int:
                                                  dataset.class_names[1:])
 
     if args.cv is not None:
-        estimate_text += "\n" + cv_section(args.cv, args.cv_runs, args.cv_note, dataset.class_names[1:])
+        estimate_text += "\n" + cv_section(args.cv, cv_runs, args.cv_note, dataset.class_names[1:])
 
     size_mb = (dest / "model.keras").stat().st_size / 1e6
     command_text = args.command or (

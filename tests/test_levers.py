@@ -250,3 +250,29 @@ def test_card_script_answers_missing_data_in_one_line(tmp_path):
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(missing) in errors[0] and "not found" in errors[0]
     assert not (dest / "MODEL_CARD.md").exists()
+
+
+def test_card_ensemble_cv_text_compares_the_ensemble_with_a_member(tmp_path):
+    make = _script("make_reference_model")
+    rows = []
+    for recipe, bonus in (("2d", 0.0), ("2d seed 1", -0.01), ("2d x2", 0.02)):
+        for fold, case, dice in ((0, "1", 0.8), (0, "2", 0.6), (1, "3", 0.9), (1, "4", 0.7)):
+            rows.append({"recipe": recipe, "fold": fold, "case": case, "class": "X", "dice": dice + bonus})
+    table = tmp_path / "cv.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    runs = [tmp_path / "a.csv", tmp_path / "b.csv"]
+    pd.DataFrame({"minutes": [10.0, 11.0]}).to_csv(runs[0], index=False)
+    pd.DataFrame({"minutes": [12.0, 13.5]}).to_csv(runs[1], index=False)
+    text = make.ensemble_cv_text(table, runs, ["X"])
+    # over cases 0.75 (+0.02 for the ensemble); folds 0.7 and 0.8; every case +0.02 -> a zero-width interval
+    assert "| 2d | X | 0.7500 | 0.7500 ± 0.0707 | 0.7000 - 0.8000 |" in text
+    assert "| 2d x2 | X | 0.7700 |" in text and "| 2d seed 1 | X | 0.7400 |" in text
+    assert "X +0.0200 [+0.0200, +0.0200]" in text and "took 22.0, 24.5 minutes" in text
+    pd.DataFrame(rows).query("recipe != '2d x2'").to_csv(tmp_path / "no_ensemble.csv", index=False)
+    with pytest.raises(SystemExit, match="not a cross-validation table of an ensemble"):
+        make.ensemble_cv_text(tmp_path / "no_ensemble.csv", [], ["X"])
+    pd.DataFrame({"minutes": [1.0]}).to_csv(tmp_path / "short.csv", index=False)
+    with pytest.raises(SystemExit, match="different numbers of folds"):
+        make.ensemble_cv_text(table, [runs[0], tmp_path / "short.csv"], ["X"])
+    with pytest.raises(SystemExit, match="no such table"):
+        make.ensemble_cv_text(tmp_path / "missing.csv", [], ["X"])
