@@ -23,6 +23,10 @@ What it does:
    ``--rescore --dest models/NAME`` re-predicts the held-out cases of a shipped model as ``predict`` does
    now and rewrites only its ``metrics_val*.csv`` and its card's "Held-out results" section;
    with ``--cv TABLE [--cv-runs RUNS]``, the same for a cross-validation of the recipe (``--cv-only``);
+   ``--dest models/B --ensemble-with models/A [--cv TABLE --cv-runs RUNS_A RUNS_B]`` predicts the held-out
+   cases with the ensemble of the shipped models A and B (``predict --model A B``), writes
+   ``B/metrics_val_ensemble.csv`` and an "Ensemble" section, with the ensemble's cross-validation, into
+   both cards;
 6. writes ``MODEL_CARD.md`` from those measured numbers.
 
 The test ``tests/test_reference_models.py`` re-predicts some held-out cases
@@ -222,24 +226,34 @@ Table: `{table.as_posix()}` ({folds} folds, every case scored once by the fold m
 """
 
 
-def heldout_section(dest: Path, dataset, val_ids: list[str], config) -> str:
-    """Predict the held-out cases with ``dest``'s model as ``predict`` does now, write ``metrics_val.csv`` and
-    ``metrics_val_tta_lcc.csv`` into ``dest`` and return the card's "Held-out results" section."""
-    from medseg_tf.inference import predict_folder, tta_axes_from_config
-    from medseg_tf.metrics import evaluate_folder, summarize
+def _predict_and_score(model, dataset, val_ids: list[str], tmp: Path, name: str = "pred", **options) -> tuple:
+    """Predict ``val_ids`` of ``dataset`` with ``model`` (a run folder, or a list of them: their ensemble) as
+    ``predict`` does, into ``tmp/name``, and score them: (per-case table of ``evaluate_folder``, seconds per
+    volume including I/O). The images are linked once into ``tmp/images``."""
+    from medseg_tf.inference import predict_folder
+    from medseg_tf.metrics import evaluate_folder
 
-    with tempfile.TemporaryDirectory() as tmp:
-        images = Path(tmp) / "images"
+    images = tmp / "images"
+    if not images.is_dir():
         images.mkdir()
         for case_id in val_ids:
             os.symlink(dataset.case(case_id).image_path, images / f"{case_id}.nii.gz")
-        start = time.perf_counter()
-        timing = predict_folder(dest, images, Path(tmp) / "pred", progress=False)
-        seconds = time.perf_counter() - start
-        table = evaluate_folder(Path(tmp) / "pred", dataset.root / "labelsTr", progress=False)
-        use_tta = bool(tta_axes_from_config(config.to_dict()))  # only flips the model was trained with
-        predict_folder(dest, images, Path(tmp) / "pred_tta_lcc", tta=use_tta, lcc=True, progress=False)
-        table_tta = evaluate_folder(Path(tmp) / "pred_tta_lcc", dataset.root / "labelsTr", progress=False)
+    start = time.perf_counter()
+    timing = predict_folder(model, images, tmp / name, progress=False, **options)
+    seconds = (time.perf_counter() - start) / max(1, len(timing))
+    return evaluate_folder(tmp / name, dataset.root / "labelsTr", progress=False), seconds
+
+
+def heldout_section(dest: Path, dataset, val_ids: list[str], config) -> str:
+    """Predict the held-out cases with ``dest``'s model as ``predict`` does now, write ``metrics_val.csv`` and
+    ``metrics_val_tta_lcc.csv`` into ``dest`` and return the card's "Held-out results" section."""
+    from medseg_tf.inference import tta_axes_from_config
+    from medseg_tf.metrics import summarize
+
+    use_tta = bool(tta_axes_from_config(config.to_dict()))  # only flips the model was trained with
+    with tempfile.TemporaryDirectory() as tmp:
+        table, seconds = _predict_and_score(dest, dataset, val_ids, Path(tmp))
+        table_tta, _ = _predict_and_score(dest, dataset, val_ids, Path(tmp), "pred_tta_lcc", tta=use_tta, lcc=True)
     table.to_csv(dest / "metrics_val.csv", index=False)
     table_tta.to_csv(dest / "metrics_val_tta_lcc.csv", index=False)
 
@@ -255,7 +269,7 @@ def heldout_section(dest: Path, dataset, val_ids: list[str], config) -> str:
 Measured by this script (`predict_folder` then `evaluate_folder`; per-case tables in `metrics_val.csv`, and
 `metrics_val_tta_lcc.csv` with largest-connected-component post-processing (`predict --lcc`), plus flip
 test-time augmentation (`--tta`) when the model was trained with flips),
-{len(val_ids)} cases, prediction {seconds / max(1, len(timing)):.2f} s per volume including I/O ({_machine()}).
+{len(val_ids)} cases, prediction {seconds:.2f} s per volume including I/O ({_machine()}).
 Empty masks: see `medseg_tf.metrics` (no case here has an empty reference).
 
 | class | Dice mean ± std | Dice median | HD95 (mm) mean ± std | ASSD (mm) | surface Dice @1 mm |
@@ -327,21 +341,13 @@ def ensemble_section(members: list[Path], dataset, val_ids: list[str], cv_text: 
     The ensemble is the mean of the members' class probabilities (``predict --model A B``).
     """
     from medseg_tf.crossval import split_halves
-    from medseg_tf.inference import predict_folder
-    from medseg_tf.metrics import evaluate_folder, summarize
+    from medseg_tf.metrics import summarize
 
     splits = [json.loads((m / "split.json").read_text())["val"] for m in members]
     if any(sorted(s) != sorted(val_ids) for s in splits):
         sys.exit(f"{', '.join(m.as_posix() for m in members)}: the members hold out different cases")
     with tempfile.TemporaryDirectory() as tmp:
-        images = Path(tmp) / "images"
-        images.mkdir()
-        for case_id in val_ids:
-            os.symlink(dataset.case(case_id).image_path, images / f"{case_id}.nii.gz")
-        start = time.perf_counter()
-        timing = predict_folder(list(members), images, Path(tmp) / "pred", progress=False)
-        seconds = time.perf_counter() - start
-        table = evaluate_folder(Path(tmp) / "pred", dataset.root / "labelsTr", progress=False)
+        table, seconds = _predict_and_score(list(members), dataset, val_ids, Path(tmp))
     table.to_csv(members[-1] / "metrics_val_ensemble.csv", index=False)
     classes = dataset.class_names[1:]
     summ = summarize(table)
@@ -359,7 +365,7 @@ The mean of the {len(members)} models' class probabilities on each image's grid,
 Training minutes of the members (their `summary.json`): {', '.join(f'{m.name} {v:.1f}' for m, v in zip(members, minutes))}.
 {cv_text}
 The held-out cases of the split ({len(val_ids)}; `{members[-1].as_posix()}/metrics_val_ensemble.csv`; prediction
-{seconds / max(1, len(timing)):.2f} s per volume including I/O, {_machine()}):
+{seconds:.2f} s per volume including I/O, {_machine()}):
 
 | class | Dice mean ± std | HD95 (mm) mean | surface Dice @1 mm |
 |---|---|---|---|
