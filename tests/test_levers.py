@@ -228,6 +228,10 @@ def test_study_report_reads_the_committed_tables(capsys):
         assert set(canvas["canvas"]) == {"small", "patch"} and canvas["recipe"].nunique() == 18
     if all((study.OUT / f"cv_{dims}d_metrics.csv").exists() for dims in (2, 3)):
         assert "3D minus 2D recipe" in out and out.count("-fold cross-validation of the shipped") == 2
+    if (study.OUT / "cv_2d_seeds_metrics.csv").exists():
+        assert "Two trainings of the 2D recipe per fold" in out and "| 2d x2 |" in out
+        seeds = pd.read_csv(study.OUT / "cv_2d_seeds_metrics.csv")
+        assert set(seeds["recipe"]) == {"2d", "2d seed 1", "2d x2"} and seeds["case"].nunique() == 200
 
 
 def test_card_script_answers_missing_data_in_one_line(tmp_path):

@@ -23,7 +23,7 @@ def _repredict(model_dirs, table: pd.DataFrame, val_ids, hippocampus_root, tmp_p
     images = tmp_path / "images"
     images.mkdir()
     for case_id in chosen:
-        os.symlink(hippocampus_root / "imagesTr" / f"{case_id}.nii.gz", images / f"{case_id}.nii.gz")
+        os.symlink((hippocampus_root / "imagesTr" / f"{case_id}.nii.gz").resolve(), images / f"{case_id}.nii.gz")
     predict_folder(model_dirs, images, tmp_path / "pred", progress=False)
     again = evaluate_folder(tmp_path / "pred", hippocampus_root / "labelsTr", progress=False)
     merged = again.merge(table, on=["case", "class"], suffixes=("", "_card"))
