@@ -393,7 +393,8 @@ def update_ensemble(members: list[Path], cv: Path | None, cv_runs: list[Path], n
     section = ensemble_section(members, dataset, val_ids, cv_text, note)
     for member in members:
         card_path = member / "MODEL_CARD.md"
-        card_path.write_text(replace_section(card_path.read_text(), section, before="## Without TensorFlow"))
+        card_path.write_text(replace_section(card_path.read_text(encoding="utf-8"), section, before="## Without TensorFlow"),
+                             encoding="utf-8")
     print(section)
     return 0
 

@@ -52,7 +52,7 @@ def test_reference_ensemble_reproduces_model_cards(members, hippocampus_root, tm
         pytest.skip(f"{', '.join(members)}: not all shipped yet")
     heading = f"## Ensemble of {' and '.join(members)}"
     for d in dirs:  # every member's card describes the ensemble
-        assert heading in (d / "MODEL_CARD.md").read_text()
+        assert heading in (d / "MODEL_CARD.md").read_text(encoding="utf-8")
     splits = [json.loads((d / "split.json").read_text())["val"] for d in dirs]
     assert all(sorted(s) == sorted(splits[0]) for s in splits)  # one held-out set for all members
     table = pd.read_csv(dirs[-1] / "metrics_val_ensemble.csv")
