@@ -191,6 +191,13 @@ def update_card_section(dest: Path, section: str) -> int:
     return 0
 
 
+def _fold_cells(summary, cls: str) -> str:
+    """A class's row of ``crossval.summarize_folds`` as Markdown cells: mean over cases | fold mean ± std | range."""
+    row = summary.loc[cls]
+    return (f"{row['mean']:.4f} | {row['fold_mean']:.4f} ± {row['fold_std']:.4f} | "
+            f"{row['fold_min']:.4f} - {row['fold_max']:.4f}")
+
+
 def cv_section(table: Path, runs: Path | None, note: str, class_names: list[str]) -> str:
     """The card's "Cross-validation of the recipe" section from a ``crossval.cross_validate`` table."""
     import pandas as pd
@@ -205,9 +212,7 @@ def cv_section(table: Path, runs: Path | None, note: str, class_names: list[str]
         sys.exit(f"{table}: not a cross-validation table (no column {', '.join(sorted(missing))})")
     summary = summarize_folds(cv)
     folds = cv["fold"].nunique()
-    lines = [f"| {cls} | {summary.loc[cls, 'mean']:.4f} | {summary.loc[cls, 'fold_mean']:.4f} ± "
-             f"{summary.loc[cls, 'fold_std']:.4f} | {summary.loc[cls, 'fold_min']:.4f} - "
-             f"{summary.loc[cls, 'fold_max']:.4f} | {int(summary.loc[cls, 'cases'])} |"
+    lines = [f"| {cls} | {_fold_cells(summary, cls)} | {int(summary.loc[cls, 'cases'])} |"
              for cls in class_names if cls in summary.index]
     minutes = ""
     if runs is not None:
@@ -301,9 +306,7 @@ def ensemble_cv_text(cv: Path, cv_runs: list[Path], class_names: list[str]) -> s
     for recipe, group in per_case.groupby("recipe", sort=False):
         folds = summarize_folds(group)
         for cls in class_names:
-            rows.append(f"| {recipe} | {cls} | {folds.loc[cls, 'mean']:.4f} | {folds.loc[cls, 'fold_mean']:.4f} "
-                        f"± {folds.loc[cls, 'fold_std']:.4f} | {folds.loc[cls, 'fold_min']:.4f} - "
-                        f"{folds.loc[cls, 'fold_max']:.4f} |")
+            rows.append(f"| {recipe} | {cls} | {_fold_cells(folds, cls)} |")
     single = [r for r in per_case["recipe"].unique() if r != "2d x2"][0]
     diff = paired_difference(per_case, "2d x2", single)
     gains = "; ".join(f"{idx} {row['diff']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}]"
